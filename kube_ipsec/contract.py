@@ -43,6 +43,10 @@ ANNOTATION_ROTATE_NOW = f"{GROUP}/rotate-now"
 FINALIZER = f"{GROUP}/cleanup"
 EVENT_SOURCE = "kube-ipsec-operator"
 
+# The namespace holding key Secrets (the operator's own); both components read it from here.
+NAMESPACE_ENV = "KUBE_IPSEC_NAMESPACE"
+DEFAULT_NAMESPACE = "kube-ipsec"
+
 
 class Condition(str, enum.Enum):
     """Condition types on ``IPsecTunnel.status.conditions``."""
@@ -431,6 +435,9 @@ def derive_pair_psk(generation_key: bytes, tunnel: str, node_a: str, node_b: str
 
 
 # --- IPsecNode status (written by the agent, read by the operator) ------------------------------
+
+IKE_ESTABLISHED = "ESTABLISHED"  # peers[].ikeState once the IKE SA is up
+CHILD_INSTALLED = "INSTALLED"  # peers[].childState once SAs and policies are in the kernel
 
 
 def node_object_name(node: str) -> str:
