@@ -6,6 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(
   qemu-system-x86 linux-image-amd64 busybox-static   # the test VM (real kernel with ESP)
   iproute2 iputils-ping tcpdump iperf3 socat          # datapath checks inside the VM
+  strace                                              # tests/xfrm/golden_capture.py
   strongswan-charon strongswan-swanctl                # the independent IKEv2 peer
   xz-utils cpio                                       # vmlinux extraction, initramfs
 )
