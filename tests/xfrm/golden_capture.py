@@ -1,6 +1,7 @@
 """Regenerate tests/xfrm/golden/*.bin: the netlink requests iproute2 sends for each case.
 
-Run as root on a host with strace and iproute2 (``python tests/xfrm/golden_capture.py``).
+Run as root from the repository root, with strace and iproute2 installed:
+``.venv/bin/python -m tests.xfrm.golden_capture``.
 Every case runs ``ip xfrm ...`` under ``strace -e write=all`` in a fresh network namespace
 (``unshare -n``), so nothing touches the host's SAD/SPD; SA adds fail there without ESP, but the
 request bytes are what we keep. Sequence number and port id are zeroed, as they differ per run.
@@ -16,14 +17,11 @@ import re
 import shlex
 import struct
 import subprocess
-import sys
 import tempfile
 
-HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from golden_cases import CASES, REPLIES  # noqa: E402
+from tests.xfrm.golden_cases import CASES, REPLIES
 
-GOLDEN = HERE / 'golden'
+GOLDEN = pathlib.Path(__file__).parent / 'golden'
 HEXLINE = re.compile(r'^ \| [0-9a-f]{5}  ')
 
 

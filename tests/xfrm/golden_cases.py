@@ -52,6 +52,28 @@ TMPL_AB = Template(A, B, REQID, spi=0xD0000001)
 POLICY_OUT = Policy(SEL_AB, Dir.OUT, (TMPL_AB,), priority=0x6B690100)
 GCM128 = SA(A, B, 0xD0000001, REQID, aead=Algorithm.aes_gcm(KEY20), replay_window=32)
 
+def policy_in_tunnel_mark() -> Policy:
+    return Policy(
+        Selector(ipaddress.ip_network('10.1.0.0/16'), ipaddress.ip_network('10.2.0.0/16')),
+        Dir.IN, (Template(B, A, REQID, mode=Mode.TUNNEL),), priority=0x6B690200,
+        mark=Mark(5, 0xF),
+    )
+
+
+def policy_fwd_v6() -> Policy:
+    return Policy(
+        Selector.hosts(A6, B6, proto=17, dport=4789), Dir.FWD,
+        (Template(A6, B6, REQID),), priority=0x6B690300,
+    )
+
+
+def policy_block() -> Policy:
+    return Policy(
+        Selector(ipaddress.ip_network('0.0.0.0/0'), ipaddress.ip_network('0.0.0.0/0')),
+        Dir.OUT, action=Action.BLOCK, priority=0x6B69FFFF,
+    )
+
+
 CASES: list[Case] = [
     Case(
         'newsa_gcm128_transport',
@@ -146,28 +168,18 @@ CASES: list[Case] = [
         f'policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir in priority {0x6B690200}'
         f' mark 0x5 mask 0xf'
         f' tmpl src {B} dst {A} proto esp reqid {REQID} mode tunnel',
-        lambda: codec.newpolicy(Policy(
-            Selector(ipaddress.ip_network('10.1.0.0/16'), ipaddress.ip_network('10.2.0.0/16')),
-            Dir.IN, (Template(B, A, REQID, mode=Mode.TUNNEL),), priority=0x6B690200,
-            mark=Mark(5, 0xF),
-        )),
+        lambda: codec.newpolicy(policy_in_tunnel_mark()),
     ),
     Case(
         'newpolicy_fwd_udp_port_v6',
         f'policy add src {A6}/128 dst {B6}/128 proto udp dport 4789 dir fwd'
         f' priority {0x6B690300} tmpl src {A6} dst {B6} proto esp reqid {REQID} mode transport',
-        lambda: codec.newpolicy(Policy(
-            Selector.hosts(A6, B6, proto=17, dport=4789), Dir.FWD,
-            (Template(A6, B6, REQID),), priority=0x6B690300,
-        )),
+        lambda: codec.newpolicy(policy_fwd_v6()),
     ),
     Case(
         'newpolicy_block',
         f'policy add src 0.0.0.0/0 dst 0.0.0.0/0 dir out action block priority {0x6B69FFFF}',
-        lambda: codec.newpolicy(Policy(
-            Selector(ipaddress.ip_network('0.0.0.0/0'), ipaddress.ip_network('0.0.0.0/0')),
-            Dir.OUT, action=Action.BLOCK, priority=0x6B69FFFF,
-        )),
+        lambda: codec.newpolicy(policy_block()),
     ),
     Case(
         'delpolicy',

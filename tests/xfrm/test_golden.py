@@ -8,7 +8,22 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from golden_cases import CASES
+
+from kube_ipsec.xfrm import codec, constants, errors
+from kube_ipsec.xfrm.model import SaId
+from kube_ipsec.xfrm.msgs import MarshalXfrm
+from tests.xfrm.golden_cases import (
+    CASES,
+    GCM128,
+    KEY20,
+    POLICY_OUT,
+    REQID,
+    A,
+    B,
+    policy_block,
+    policy_fwd_v6,
+    policy_in_tunnel_mark,
+)
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden'
 
@@ -22,3 +37,43 @@ def hexlines(data: bytes) -> list[str]:
 def test_request_matches_iproute2_bytes(case):
     expected = (GOLDEN / f'{case.name}.bin').read_bytes()
     assert hexlines(case.build().encode()) == hexlines(expected)
+
+
+def replies(name: str) -> list:
+    return list(MarshalXfrm().parse((GOLDEN / f'{name}.reply.bin').read_bytes()))
+
+
+def test_policy_dump_from_the_kernel_decodes_to_the_policies_installed():
+    dumped = [codec.decode_policy(m) for m in replies('policy_dump')
+              if m['header']['type'] == constants.XFRM_MSG_NEWPOLICY]
+    expected = {POLICY_OUT, policy_in_tunnel_mark(), policy_fwd_v6(), policy_block()}
+    assert set(dumped) == expected
+    assert all(p.index for p in dumped)  # kernel-assigned, not part of equality
+
+
+def test_allocspi_reply_is_a_larval_sa_with_an_spi_in_range():
+    (reply,) = replies('allocspi')
+    sa = codec.decode_sa(reply)
+    assert 0xD0000000 <= sa.spi <= 0xDFFFFFFF
+    assert (sa.src, sa.dst, sa.reqid, sa.aead) == (A, B, REQID, None)
+
+
+@pytest.mark.parametrize(('name', 'msg_type', 'obj', 'exc', 'text'), [
+    ('delsa_missing', constants.XFRM_MSG_DELSA, SaId(B, 0xD0000001),
+     errors.NoSuchSa, 'cannot delete ESP SA spi 0xd0000001 to 10.0.0.2: no such object'),
+    ('newsa_no_esp', constants.XFRM_MSG_NEWSA, GCM128, errors.AlgorithmUnsupported,
+     'this kernel lacks esp4/rfc4106(gcm(aes)) (Requested AEAD algorithm not found)'),
+])
+def test_kernel_errors_map_to_exceptions_naming_the_object(name, msg_type, obj, exc, text):
+    (nack,) = replies(name)
+    err = nack['header']['error']
+    mapped = errors.from_errno(err.code, msg_type, obj, err.args[1])
+    assert isinstance(mapped, exc)
+    assert text in str(mapped)
+    assert KEY20.hex() not in str(mapped) and KEY20.hex() not in repr(obj)
+
+
+def test_sa_repr_never_shows_key_bytes():
+    sa = GCM128
+    assert KEY20.hex() not in repr(sa) and str(KEY20) not in repr(sa)
+    assert 'rfc4106' in repr(sa)
