@@ -111,8 +111,8 @@ class SaCounters(Collector):
             if s.direction == "out":
                 ratio = 1.0 - s.oseq / SEQ_SPACE[s.esn]
                 lowest[(s.tunnel, s.peer)] = min(ratio, lowest.get((s.tunnel, s.peer), 1.0))
-        for key, ratio in sorted(lowest.items()):
-            headroom.add_metric(list(key), ratio)
+        for pair, ratio in sorted(lowest.items()):
+            headroom.add_metric(list(pair), ratio)
         yield from (nbytes, packets, headroom)
 
 
