@@ -1,0 +1,242 @@
+"""`helm install` on a real kube-apiserver, then exactly what each ServiceAccount may do.
+
+Permissions are asked of the real RBAC authorizer (SubjectAccessReview as the ServiceAccount,
+with its groups), and the decisive ones are also tried as real requests while impersonating it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import kubernetes
+import pytest
+import yaml
+
+from tests.fixtures.apiserver import APIServer
+from tests.helm.chart import CHART, helm_binary
+
+pytestmark = pytest.mark.apiserver
+
+RELEASE = "helmtest"
+TUNNEL = "helm-test-mesh"
+PEERING_CRD = "clusterkopfpeerings.kopf.dev"
+G = "kube-ipsec.dev"
+
+
+@dataclass
+class Release:
+    namespace: str
+    manifest: str
+    operator: str  # full ServiceAccount user names
+    agent: str
+
+
+def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+@pytest.fixture(scope="module")
+def release(apiserver: APIServer) -> Iterator[Release]:
+    with apiserver.api_client() as client:
+        core = kubernetes.client.CoreV1Api(client)
+        namespace = core.create_namespace({"metadata": {"generateName": "helm-"}}).metadata.name
+        ext = kubernetes.client.ApiextensionsV1Api(client)
+        had_peering_crd = any(
+            c.metadata.name == PEERING_CRD for c in ext.list_custom_resource_definition().items
+        )
+    helm = [helm_binary(), "--kubeconfig", str(apiserver.kubeconfig)]
+    # The fixture already created our CRDs (same content, another field manager); helm's
+    # server-side apply takes them over instead of failing on the conflict.
+    out = _run([*helm, "install", RELEASE, str(CHART), "--namespace", namespace,
+                "--force-conflicts",
+                "--set", f"exampleTunnel.enabled=true,exampleTunnel.name={TUNNEL}"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    try:
+        manifest = _run([*helm, "get", "manifest", RELEASE, "-n", namespace], check=True).stdout
+        yield Release(
+            namespace,
+            manifest,
+            f"system:serviceaccount:{namespace}:{RELEASE}-kube-ipsec-operator",
+            f"system:serviceaccount:{namespace}:{RELEASE}-kube-ipsec-agent",
+        )
+    finally:
+        _run([*helm, "uninstall", RELEASE, "-n", namespace])
+        with apiserver.api_client() as client:
+            if not had_peering_crd:
+                kubernetes.client.ApiextensionsV1Api(client).delete_custom_resource_definition(
+                    PEERING_CRD
+                )
+            kubernetes.client.CoreV1Api(client).delete_namespace(namespace)
+
+
+def test_install_creates_every_object(apiserver: APIServer, release: Release) -> None:
+    docs = [d for d in yaml.safe_load_all(release.manifest) if d]
+    assert len(docs) >= 15
+    out = _run(
+        [str(apiserver.kubectl), "--kubeconfig", str(apiserver.kubeconfig), "get", "-f", "-",
+         "-o", "name", "-n", release.namespace],
+        input=release.manifest,
+    )
+    assert out.returncode == 0, out.stderr
+    created = set(out.stdout.split())
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        assert any(line.endswith("/" + name) and doc["kind"].lower() in line.lower()
+                   for line in created), f"{doc['kind']}/{name} was not created"
+    with apiserver.api_client() as client:
+        custom = kubernetes.client.CustomObjectsApi(client)
+        tunnel = custom.get_cluster_custom_object(G, "v1alpha1", "ipsectunnels", TUNNEL)
+        peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                   "kube-ipsec")
+        ds = kubernetes.client.AppsV1Api(client).read_namespaced_daemon_set(
+            f"{RELEASE}-kube-ipsec-agent", release.namespace
+        )
+    # The API server applied the CRD's defaults to the example tunnel.
+    assert tunnel["spec"]["protocol"] == "esp" and tunnel["spec"]["ike"]["dhGroup"] == "x25519"
+    assert peering["metadata"]["name"] == "kube-ipsec"
+    assert ds.spec.template.spec.host_network is True
+
+
+def _allowed(apiserver: APIServer, user: str, verb: str, resource: str, *, group: str = "",
+             namespace: str = "", subresource: str = "") -> bool:
+    ns_of_sa = user.split(":")[2]
+    review = {
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns_of_sa}",
+                       "system:authenticated"],
+            "resourceAttributes": {
+                "verb": verb, "group": group, "resource": resource,
+                "namespace": namespace, "subresource": subresource,
+            },
+        }
+    }
+    with apiserver.api_client() as client:
+        result = kubernetes.client.AuthorizationV1Api(client).create_subject_access_review(review)
+    return bool(result.status.allowed)
+
+
+# (verb, resource, group, subresource, where): where is "own" (release namespace),
+# "other" (another namespace) or "cluster" (cluster-wide / cluster-scoped).
+Perm = tuple[str, str, str, str, str]
+
+OPERATOR_ALLOWED: list[Perm] = [
+    *[(v, "ipsectunnels", G, "", "cluster") for v in ("get", "list", "watch", "patch", "update")],
+    *[(v, "ipsectunnels", G, "status", "cluster") for v in ("patch", "update")],
+    *[(v, "ipsecnodes", G, "", "cluster") for v in ("get", "list", "watch")],
+    *[(v, "nodes", "", "", "cluster") for v in ("get", "list", "watch")],
+    ("create", "events", "", "", "other"), ("patch", "events", "", "", "own"),
+    *[(v, "secrets", "", "", "own")
+      for v in ("get", "list", "watch", "create", "update", "patch", "delete")],
+    *[(v, "clusterkopfpeerings", "kopf.dev", "", "cluster") for v in ("list", "watch", "patch")],
+    *[(v, "customresourcedefinitions", "apiextensions.k8s.io", "", "cluster")
+      for v in ("list", "watch")],
+]
+OPERATOR_DENIED: list[Perm] = [
+    ("create", "ipsectunnels", G, "", "cluster"), ("delete", "ipsectunnels", G, "", "cluster"),
+    *[(v, "ipsecnodes", G, "", "cluster") for v in ("create", "update", "patch", "delete")],
+    ("patch", "ipsecnodes", G, "status", "cluster"),
+    *[(v, "secrets", "", "", "other") for v in ("get", "list", "create", "delete")],
+    ("list", "secrets", "", "", "cluster"),
+    ("patch", "nodes", "", "", "cluster"), ("delete", "nodes", "", "", "cluster"),
+    ("create", "customresourcedefinitions", "apiextensions.k8s.io", "", "cluster"),
+    ("list", "pods", "", "", "own"), ("create", "pods", "", "", "own"),
+    ("get", "configmaps", "", "", "own"), ("create", "serviceaccounts", "", "", "own"),
+    ("create", "rolebindings", "rbac.authorization.k8s.io", "", "own"),
+]
+AGENT_ALLOWED: list[Perm] = [
+    *[(v, "ipsectunnels", G, "", "cluster") for v in ("get", "list", "watch")],
+    *[(v, "ipsecnodes", G, "", "cluster")
+      for v in ("get", "list", "watch", "create", "patch", "update")],
+    *[(v, "ipsecnodes", G, "status", "cluster") for v in ("patch", "update")],
+    *[(v, "nodes", "", "", "cluster") for v in ("get", "list", "watch")],
+    *[(v, "secrets", "", "", "own") for v in ("get", "list", "watch")],
+    ("create", "events", "", "", "own"),
+]
+AGENT_DENIED: list[Perm] = [
+    *[(v, "secrets", "", "", where)
+      for v in ("create", "update", "patch", "delete", "deletecollection")
+      for where in ("own", "other", "cluster")],
+    *[(v, "secrets", "", "", where) for v in ("get", "list", "watch")
+      for where in ("other", "cluster")],
+    *[(v, "ipsectunnels", G, "", "cluster") for v in ("create", "patch", "update", "delete")],
+    ("patch", "ipsectunnels", G, "status", "cluster"),
+    ("delete", "ipsecnodes", G, "", "cluster"),
+    ("patch", "nodes", "", "", "cluster"), ("update", "nodes", "", "", "cluster"),
+    *[(v, "clusterkopfpeerings", "kopf.dev", "", "cluster") for v in ("get", "list", "patch")],
+    ("list", "pods", "", "", "own"), ("get", "configmaps", "", "", "own"),
+    ("create", "customresourcedefinitions", "apiextensions.k8s.io", "", "cluster"),
+    ("create", "serviceaccounts", "", "", "own"),
+    ("create", "serviceaccounts", "", "token", "own"),
+]
+
+
+def _check(apiserver: APIServer, release: Release, user: str, perms: list[Perm],
+           expected: bool) -> None:
+    where = {"own": release.namespace, "other": "kube-system", "cluster": ""}
+    wrong = [
+        p for p in perms
+        if _allowed(apiserver, user, p[0], p[1], group=p[2], subresource=p[3],
+                    namespace=where[p[4]]) is not expected
+    ]
+    assert wrong == [], f"{'denied' if expected else 'allowed'} but should not be: {wrong}"
+
+
+def test_operator_may_do_exactly_its_job(apiserver: APIServer, release: Release) -> None:
+    _check(apiserver, release, release.operator, OPERATOR_ALLOWED, True)
+    _check(apiserver, release, release.operator, OPERATOR_DENIED, False)
+
+
+def test_agent_may_do_exactly_its_job(apiserver: APIServer, release: Release) -> None:
+    _check(apiserver, release, release.agent, AGENT_ALLOWED, True)
+    _check(apiserver, release, release.agent, AGENT_DENIED, False)
+
+
+def test_agent_reads_but_never_writes_secrets(apiserver: APIServer, release: Release) -> None:
+    """Real requests as the agent: read a key Secret here; write nothing; read nothing elsewhere."""
+    secret = {"metadata": {"name": "ipsec-keys-x"}, "data": {"k": "AA=="}}
+    with apiserver.api_client() as admin:
+        core = kubernetes.client.CoreV1Api(admin)
+        core.create_namespaced_secret(release.namespace, secret)
+        core.create_namespaced_secret("default", {**secret, "metadata": {"name": "elsewhere"}})
+    try:
+        with apiserver.api_client(as_user=release.agent) as client:
+            core = kubernetes.client.CoreV1Api(client)
+            assert core.read_namespaced_secret("ipsec-keys-x", release.namespace).data == {
+                "k": "AA=="
+            }
+            attempts = [
+                lambda: core.read_namespaced_secret("elsewhere", "default"),
+                lambda: core.list_secret_for_all_namespaces(),
+                lambda: core.create_namespaced_secret(
+                    release.namespace, {"metadata": {"name": "planted"}}
+                ),
+                lambda: core.patch_namespaced_secret(
+                    "ipsec-keys-x", release.namespace, {"data": {"k": "AQ=="}}
+                ),
+                lambda: core.delete_namespaced_secret("ipsec-keys-x", release.namespace),
+            ]
+            for attempt in attempts:
+                with pytest.raises(kubernetes.client.ApiException) as denied:
+                    attempt()
+                assert denied.value.status == 403
+    finally:
+        with apiserver.api_client() as admin:
+            core = kubernetes.client.CoreV1Api(admin)
+            core.delete_namespaced_secret("ipsec-keys-x", release.namespace)
+            core.delete_namespaced_secret("elsewhere", "default")
+
+
+def test_operator_writes_key_secrets_only_in_its_namespace(
+    apiserver: APIServer, release: Release
+) -> None:
+    with apiserver.api_client(as_user=release.operator) as client:
+        core = kubernetes.client.CoreV1Api(client)
+        body = {"metadata": {"name": "ipsec-keys-op"}, "data": {"k": "AA=="}}
+        core.create_namespaced_secret(release.namespace, body)
+        core.delete_namespaced_secret("ipsec-keys-op", release.namespace)
+        with pytest.raises(kubernetes.client.ApiException) as denied:
+            core.create_namespaced_secret("default", body)
+        assert denied.value.status == 403
