@@ -38,8 +38,8 @@ test-apiserver: venv k8s
 	$(PY) -m pytest -m 'apiserver and not vm' $(PYTEST_ARGS)
 
 test-vm: deps venv
-	bash hack/vm/vmrun --timeout 2400 -- $(abspath $(PY)) -m pytest -p no:cacheprovider \
-		-m 'vm or interop' $(PYTEST_ARGS)
+	bash hack/vm/vmrun --net --timeout 2400 -- $(abspath $(PY)) -m pytest -p no:cacheprovider \
+		-p no:hypothesispytest -m 'vm or interop' $(PYTEST_ARGS)
 
 test: deps venv k8s lint test-unit test-apiserver test-vm
 
