@@ -1,0 +1,339 @@
+"""The engine: every IKE SA of one local endpoint, behind one sans-IO interface.
+
+Inputs (each with the caller's clock ``now``): ``receive_datagram``, ``handle_timer``,
+``provide_spis`` and the API calls (``initiate``, ``rekey_child``, ``rekey_ike``,
+``delete_child``, ``delete_ike``, ``dpd``, ``reauthenticate``). Outputs:
+``datagrams_to_send()``, ``get_timer()``, ``next_event()``. After any input the shell should
+drain events first, then send datagrams, then re-arm its timer (aioquic's order).
+
+The engine demultiplexes datagrams by our IKE SPI, strips the non-ESP marker on the NAT-T port,
+answers new IKE_SA_INIT requests (statelessly with a COOKIE once ``cookie_threshold`` SAs are
+half open; the cookie is an HMAC under a secret that rotates every ``cookie_secret_lifetime``),
+and turns every malformed or unexpected datagram into a counted drop
+(``stats.dropped[reason]``): nothing a peer sends can raise out of ``receive_datagram``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from collections.abc import Iterable
+
+from kube_ipsec.ike import crypto, events, message
+from kube_ipsec.ike import payloads as pl
+from kube_ipsec.ike.config import EngineConfig, PeerConfig
+from kube_ipsec.ike.constants import NAT_KEEPALIVE, NON_ESP_MARKER, ExchangeType, NotifyType
+from kube_ipsec.ike.errors import LocalProtocolError, MalformedMessage, ProtocolError
+from kube_ipsec.ike.proposals import SelectedIke
+from kube_ipsec.ike.sa import Child, IkeSa, IkeState
+from kube_ipsec.ike.stats import IkeSaSnapshot, Stats
+from kube_ipsec.ike.tasks.child_delete import ChildDelete
+from kube_ipsec.ike.tasks.child_rekey import ChildRekey
+from kube_ipsec.ike.tasks.dpd import Dpd
+from kube_ipsec.ike.tasks.ike_auth import IkeAuth
+from kube_ipsec.ike.tasks.ike_delete import IkeDelete
+from kube_ipsec.ike.tasks.ike_init import IkeInit
+from kube_ipsec.ike.tasks.ike_rekey import IkeRekey
+
+Address = tuple[str, int]
+Datagram = tuple[bytes, Address, Address]  # (data, src, dst)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, random: crypto.RandomSource) -> None:
+        self.config = config
+        self.random = random
+        self.stats = Stats()
+        self._sas: dict[bytes, IkeSa] = {}  # by our SPI
+        self._by_id: dict[int, IkeSa] = {}
+        self._half_open: dict[tuple[str, bytes], IkeSa] = {}  # (peer host, SPIi)
+        self._next_id = 1
+        self._spis: deque[int] = deque()
+        self._spis_requested = False
+        self._out: list[Datagram] = []
+        self._events: deque[events.Event] = deque()
+        self._cookie_secrets: list[bytes] = [random(32)]
+        self._cookie_version = 0
+        self._cookie_rotated_at: float | None = None
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> events.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for sa in self._by_id.values() if (d := sa.deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def snapshot(self) -> list[IkeSaSnapshot]:
+        return [IkeSaSnapshot.of(sa) for sa in self._by_id.values()]
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        self.stats.received += 1
+        try:
+            self._receive(bytes(data), src, dst, now)
+        except MalformedMessage as e:
+            self.stats.dropped[e.reason] += 1
+        except ProtocolError as e:
+            self.stats.dropped[f"protocol_{e.notify.name.lower()}"] += 1
+        except Exception:  # a bug here must not take the endpoint down; counted, tested as 0
+            self.stats.dropped["internal_error"] += 1
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self._by_id.values()):
+            deadline = sa.deadline()
+            if deadline is not None and deadline <= now and sa.state != IkeState.DESTROYED:
+                sa.on_timer(now)
+
+    def provide_spis(self, spis: Iterable[int], now: float) -> None:
+        """Inbound SPIs the kernel allocated (XFRM_MSG_ALLOCSPI); queued work resumes."""
+        self._spis.extend(spis)
+        self._spis_requested = False
+        for sa in list(self._by_id.values()):
+            sa.mgr.initiate(now)
+
+    def initiate(self, peer: PeerConfig, now: float, replaces: int | None = None) -> int:
+        """Start IKE_SA_INIT + IKE_AUTH (+ the Child SA) towards ``peer``; returns ``ike_sa``."""
+        sa = IkeSa(self, self._new_id(), peer, True, self.new_ike_spi(), bytes(8),
+                   (self.config.local_host, self.config.ike_port),
+                   (peer.remote_host, self.config.ike_port), now)
+        sa.replaces = replaces
+        self._register(sa)
+        sa.mgr.queue(IkeInit(sa, True))
+        sa.mgr.queue(IkeAuth(sa, True))
+        sa.mgr.initiate(now)
+        return sa.id
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        sa, child = self._child(spi_in)
+        if not sa.mgr.has_queued(ChildRekey):
+            sa.mgr.queue(ChildRekey(sa, True, child))
+        sa.mgr.initiate(now)
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        sa, child = self._child(spi_in)
+        sa.mgr.queue(ChildDelete(sa, True, child))
+        sa.mgr.initiate(now)
+
+    def rekey_ike(self, ike_sa: int, now: float) -> None:
+        sa = self._sa(ike_sa)
+        if not sa.mgr.has_queued(IkeRekey):
+            sa.mgr.queue(IkeRekey(sa, True))
+        sa.mgr.initiate(now)
+
+    def delete_ike(self, ike_sa: int, now: float) -> None:
+        sa = self._sa(ike_sa)
+        if sa.state == IkeState.CONNECTING:
+            sa.destroy(events.Reason.LOCAL, now)
+        elif not sa.mgr.has_queued(IkeDelete):
+            sa.mgr.queue(IkeDelete(sa, True))
+            sa.mgr.initiate(now)
+
+    def dpd(self, ike_sa: int, now: float) -> None:
+        sa = self._sa(ike_sa)
+        if not sa.mgr.has_queued(Dpd):
+            sa.mgr.queue(Dpd(sa, True))
+        sa.mgr.initiate(now)
+
+    def reauthenticate(self, ike_sa: int, now: float) -> int:
+        """Make-before-break: a new IKE SA (and Child SA) first, then delete the old one."""
+        old = self._sa(ike_sa)
+        return self.initiate(old.peer, now, replaces=old.id)
+
+    # -- services for IkeSa and tasks -------------------------------------------------------
+
+    def emit(self, event: events.Event) -> None:
+        self._events.append(event)
+
+    def send(self, data: bytes, src: Address, dst: Address) -> None:
+        if src[1] == self.config.nat_t_port:
+            data = NON_ESP_MARKER + data
+        self.stats.sent += 1
+        self._out.append((data, src, dst))
+
+    def has_spi(self) -> bool:
+        return bool(self._spis)
+
+    def take_spi(self) -> int | None:
+        spi = self._spis.popleft() if self._spis else None
+        if len(self._spis) < self.config.spi_low_water:
+            self.want_spis()
+        return spi
+
+    def want_spis(self) -> None:
+        if not self._spis_requested:
+            self._spis_requested = True
+            self.emit(events.SpisNeeded(2 * self.config.spi_low_water))
+
+    def new_ike_spi(self) -> bytes:
+        while True:
+            spi = self.random(8)
+            if spi != bytes(8) and spi not in self._sas:
+                return spi
+
+    def fraction(self) -> float:
+        return int.from_bytes(self.random(2), "big") / 65535
+
+    def jitter(self, span: float) -> float:
+        return span * self.fraction()
+
+    def retry_delay(self) -> float:
+        return self.config.retry_delay * (1 + self.fraction())
+
+    def forget(self, sa: IkeSa) -> None:
+        self._sas.pop(sa.local_spi, None)
+        self._by_id.pop(sa.id, None)
+        self._half_open.pop((sa.remote[0], sa.spi_i), None)
+
+    def spawn_rekeyed(self, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes,
+                      selected: SelectedIke, seed: bytes, ni: bytes, nr: bytes,
+                      now: float) -> IkeSa:
+        """The successor of ``old`` after an IKE rekey: same peer, identities and addresses."""
+        sa = IkeSa(self, self._new_id(), old.peer, initiator, spi_i, spi_r, old.local,
+                   old.remote, now, state=IkeState.ESTABLISHED, ni=ni, nr=nr,
+                   remote_id=old.remote_id, psk_generation=old.psk_generation,
+                   local_nat=old.local_nat, remote_nat=old.remote_nat, established_at=now)
+        sa.set_keys(selected, seed)
+        sa.schedule_rekey(now)
+        self._register(sa)
+        return sa
+
+    def initial_contact(self, sa: IkeSa, now: float) -> None:
+        """The peer says it lost all state: drop SAs with it that predate this one."""
+        for other in list(self._by_id.values()):
+            if (other is not sa and other.remote_id == sa.remote_id
+                    and other.remote[0] == sa.remote[0] and other.established_at is not None
+                    and other.established_at <= sa.created_at):
+                other.destroy(events.Reason.REPLACED, now)
+
+    def has_established_with(self, sa: IkeSa) -> bool:
+        return any(o is not sa and o.remote[0] == sa.remote[0] and o.established_at is not None
+                   for o in self._by_id.values())
+
+    def retire(self, ike_sa: int, now: float) -> None:
+        """The end of a reauthentication: delete the replaced SA."""
+        old = self._by_id.get(ike_sa)
+        if old is not None and old.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            old.mgr.queue(IkeDelete(old, True, events.Reason.REPLACED))
+            old.mgr.initiate(now)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _register(self, sa: IkeSa) -> None:
+        self._sas[sa.local_spi] = sa
+        self._by_id[sa.id] = sa
+
+    def _sa(self, ike_sa: int) -> IkeSa:
+        sa = self._by_id.get(ike_sa)
+        if sa is None:
+            raise LocalProtocolError(f"no IKE SA {ike_sa}")
+        return sa
+
+    def _child(self, spi_in: int) -> tuple[IkeSa, Child]:
+        for sa in self._by_id.values():
+            if spi_in in sa.children:
+                return sa, sa.children[spi_in]
+        raise LocalProtocolError(f"no Child SA with inbound SPI {spi_in:#x}")
+
+    def _receive(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        if dst[1] == self.config.nat_t_port:
+            if data == NAT_KEEPALIVE:
+                raise MalformedMessage("nat_keepalive")
+            if data[:4] != NON_ESP_MARKER:
+                raise MalformedMessage("esp_on_ike_socket")
+            data = data[4:]
+        header = message.parse_header(data)
+        if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
+            self._init_request(data, header, src, dst, now)
+            return
+        sa = self._sas.get(header.spi_r if header.from_initiator else header.spi_i)
+        if sa is None:
+            raise MalformedMessage("unknown_spi")
+        if header.from_initiator == sa.initiator:
+            raise MalformedMessage("bad_flags")
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            if sa.state != IkeState.CONNECTING or sa.mgr.mid_out != 0:
+                raise MalformedMessage("unexpected_response")
+            msg = message.decode(data, header)
+            sa.init_response = data
+        else:
+            if header.spi_r != sa.spi_r or header.spi_i != sa.spi_i:
+                raise MalformedMessage("unknown_spi")
+            msg = message.decode(data, header, sa.cipher_in)
+            if sa.nat:  # follow the peer's NAT mapping (§2.23)
+                sa.local, sa.remote = dst, src
+        sa.last_inbound = now
+        if msg.is_response:
+            sa.mgr.on_response(msg, now)
+        else:
+            sa.mgr.on_request(msg, data, now)
+
+    def _init_request(self, data: bytes, header: message.Header, src: Address, dst: Address,
+                      now: float) -> None:
+        if header.spi_r != bytes(8) or header.message_id != 0:
+            raise MalformedMessage("bad_init_request")
+        existing = self._half_open.get((src[0], header.spi_i))
+        msg = message.decode(data, header)
+        if existing is not None:  # a retransmission: answered from the cache
+            existing.mgr.on_request(msg, data, now)
+            return
+        peer = self.config.peer_lookup(src[0])
+        if self._half_open_count() >= self.config.cookie_threshold and not self._cookie_ok(
+                msg, src, now):
+            self.stats.cookies_sent += 1
+            self._stateless_reply(header, src, dst, NotifyType.COOKIE,
+                                  self._cookie(msg, src, now, self._cookie_version))
+            return
+        if peer is None:
+            self.stats.failures["no_peer_config"] += 1
+            self._stateless_reply(header, src, dst, NotifyType.NO_PROPOSAL_CHOSEN, b"")
+            return
+        sa = IkeSa(self, self._new_id(), peer, False, header.spi_i, self.new_ike_spi(), dst,
+                   src, now)
+        self._register(sa)
+        self._half_open[(src[0], header.spi_i)] = sa
+        sa.mgr.on_request(msg, data, now)
+
+    def _half_open_count(self) -> int:
+        return sum(1 for sa in self._half_open.values() if sa.state == IkeState.CONNECTING)
+
+    def _stateless_reply(self, header: message.Header, src: Address, dst: Address,
+                         notify: NotifyType, data: bytes) -> None:
+        reply = message.Message(ExchangeType.IKE_SA_INIT, True, False, 0, header.spi_i,
+                                bytes(8), [pl.Notify(notify, data=data)])
+        self.send(message.encode(reply), dst, src)
+
+    def _rotate_cookie_secret(self, now: float) -> None:
+        if self._cookie_rotated_at is None:
+            self._cookie_rotated_at = now
+        elif now - self._cookie_rotated_at >= self.config.cookie_secret_lifetime:
+            self._cookie_rotated_at = now
+            self._cookie_version = (self._cookie_version + 1) % 256
+            self._cookie_secrets = [self.random(32), self._cookie_secrets[0]]
+
+    def _cookie(self, msg: message.Message, src: Address, now: float, version: int) -> bytes:
+        """<version> | HMAC(secret, SPIi | Ni | IPi) (§2.6), computed without any state."""
+        self._rotate_cookie_secret(now)
+        age = (self._cookie_version - version) % 256
+        if age >= len(self._cookie_secrets):
+            return b""
+        nonce = msg.get(pl.Nonce)
+        material = msg.spi_i + (nonce.data if nonce else b"") + src[0].encode()
+        return bytes([version]) + crypto.cookie_mac(self._cookie_secrets[age], material)
+
+    def _cookie_ok(self, msg: message.Message, src: Address, now: float) -> bool:
+        first = msg.payloads[0] if msg.payloads else None
+        if not isinstance(first, pl.Notify) or first.type != NotifyType.COOKIE or not first.data:
+            return False
+        expected = self._cookie(msg, src, now, first.data[0])
+        return bool(expected) and hmac.compare_digest(expected, first.data)
