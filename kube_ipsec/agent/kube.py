@@ -71,10 +71,10 @@ class Api:
         return self._session
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        if self.cfg.refresh_api_key_hook is not None:
-            self.cfg.refresh_api_key_hook(self.cfg)
         headers = {"Accept": "application/json"}
-        token = self.cfg.get_api_key_with_prefix("authorization")
+        # kubernetes.config stores "Bearer <token>" here and refreshes it (exec plugins,
+        # projected service-account tokens) through the hook this call runs
+        token = self.cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         if content_type:
