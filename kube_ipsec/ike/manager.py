@@ -117,7 +117,7 @@ class TaskManager:
         self.active = None
         self.retransmit_at = None
         status = task.process_i(msg, now)
-        err = msg.error_notify()
+        err = msg.error_notify() or msg.notify(NotifyType.COOKIE)
         self.sa.engine.stats.count_exchange(task, pl.notify_type_name(err.type) if err else "ok")
         if status == Status.DESTROY:
             self.sa.destroy(self.sa.delete_reason, now)
