@@ -145,7 +145,7 @@ def test_rekey_of_an_unknown_child_gets_child_sa_not_found():
 
 
 def test_rekey_during_the_peers_delete_gets_temporary_failure_and_retries_later():
-    pair, ike_sa, old = established()
+    pair, _, old = established()
     pair.a.engine.rekey_child(old.spi_in, pair.now)
     [(req, src, dst)] = pair.a.engine.datagrams_to_send()
     b_sa = pair.b.engine._child(old.spi_out)[0]
