@@ -70,18 +70,19 @@ make_base() {
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     mount -t proc proc "$root/proc"
     mount --bind /dev "$root/dev"
-    trap 'umount "$root/proc" "$root/dev" 2>/dev/null || true' EXIT
+    mount --bind /dev/pts "$root/dev/pts"
+    trap 'umount "$root/dev/pts" "$root/proc" "$root/dev" 2>/dev/null || true' EXIT
     log "python3 + venv into the base"
     chroot "$root" /bin/sh -c 'export DEBIAN_FRONTEND=noninteractive;
         apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv \
         && apt-get clean && rm -rf /var/lib/apt/lists/*' >/dev/null
-    umount "$root/proc" "$root/dev"
+    umount "$root/dev/pts" "$root/proc" "$root/dev"
     trap - EXIT
     : > "$root/etc/resolv.conf"
     log "podman import -> $BASE_IMAGE"
     tar -C "$root" -c . | podman import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null 2>&1
     rm -rf "$root"
 }
 

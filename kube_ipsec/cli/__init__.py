@@ -4,6 +4,6 @@ It sits beside the operator and agent, above ``contract``: it reads only what th
 through the API and never imports their internals.
 """
 
-from kube_ipsec.cli.main import main
+from kube_ipsec.cli.app import main
 
 __all__ = ["main"]

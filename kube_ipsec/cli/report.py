@@ -18,7 +18,7 @@ from kube_ipsec.cli import xfrmstat
 
 Obj = Mapping[str, Any]
 DEFAULT_STALE_AFTER = datetime.timedelta(minutes=2)
-XFRM_METRIC = "kube_ipsec_agent_xfrm_stat"
+XFRM_METRIC = "kube_ipsec_agent_xfrm_stat_total"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,10 +188,8 @@ def xfrm_counters(metrics_by_node: Mapping[str, str]) -> list[dict[str, Any]]:
             rows.append({"node": node, "counter": "", "value": None, "error": text[9:].strip()})
             continue
         for family in text_string_to_metric_families(text):
-            if family.name != XFRM_METRIC:
-                continue
             for sample in family.samples:
-                if not sample.name.endswith("_total") or not sample.value:
+                if sample.name != XFRM_METRIC or not sample.value:
                     continue
                 info = xfrmstat.explain(sample.labels.get("counter", ""))
                 rows.append({

@@ -66,8 +66,20 @@ def _snapshot(cluster: Cluster, now: datetime.datetime) -> report.Snapshot:
 
 def run(argv: Sequence[str], cluster: Cluster, now: datetime.datetime,
         write: Callable[[str], Any]) -> int:
-    """The CLI without process concerns: tests call this with a fake cluster and clock."""
+    """The CLI without process concerns: tests call this with a fake cluster and clock.
+
+    Exit codes: 0 done (diagnose: encrypted), 1 diagnose found a problem, 2 request failed.
+    """
     args = _parser().parse_args(argv)
+    try:
+        return _command(args, cluster, now, write)
+    except ClusterError as exc:
+        print(f"kube-ipsec: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(args: argparse.Namespace, cluster: Cluster, now: datetime.datetime,
+             write: Callable[[str], Any]) -> int:
     as_json = args.output == "json"
     if args.command == "status":
         result = report.status(
@@ -101,10 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, _ = _parser().parse_known_args(argv)  # --help and usage errors exit here
     try:
         cluster = KubeCluster.connect(args.kubeconfig, args.context)
-        return run(argv, cluster, datetime.datetime.now(datetime.UTC), print)
     except ClusterError as exc:
         print(f"kube-ipsec: {exc}", file=sys.stderr)
         return 2
+    try:
+        return run(argv, cluster, datetime.datetime.now(datetime.UTC), print)
     except Exception as exc:  # connection problems: say what, not a traceback
         if type(exc).__module__.startswith(("kubernetes", "urllib3")):
             print(f"kube-ipsec: cannot reach the cluster: {exc}", file=sys.stderr)
