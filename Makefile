@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export KUBE_IPSEC_CACHE ?= $(HOME)/.cache/kube-ipsec
 
-.PHONY: deps venv k8s test lint test-unit test-apiserver test-vm demo bench clean
+.PHONY: deps venv k8s test lint test-unit test-apiserver test-vm demo bench clean image
 
 deps: $(KUBE_IPSEC_CACHE)/.apt-done
 $(KUBE_IPSEC_CACHE)/.apt-done: hack/install-deps.sh
@@ -45,6 +45,9 @@ test: deps venv k8s lint test-unit test-apiserver test-vm
 
 demo: deps venv k8s
 	$(PY) -m kube_ipsec.lab
+
+image:  # the container image with podman (not part of test); see hack/image/build.sh
+	bash hack/image/build.sh
 
 bench: venv
 	@echo "benchmarks: see benchmarks/README.md"
