@@ -20,7 +20,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
 
 FROM ${BASE}
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin kube-ipsec
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin kube-ipsec
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 CMD ["kube-ipsec", "--help"]
