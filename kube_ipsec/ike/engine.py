@@ -78,6 +78,7 @@ class Engine:
         self.stats.received += 1
         try:
             self._receive(bytes(data), src, dst, now)
+            self.stats.accepted += 1
         except MalformedMessage as e:
             self.stats.dropped[e.reason] += 1
         except ProtocolError as e:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 @dataclass
 class Stats:
     received: int = 0
+    accepted: int = 0  # received and handled; received == accepted + sum(dropped.values())
     sent: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # by reason
     # (exchange, 'initiator'|'responder', 'ok' | notify name | 'timeout')
