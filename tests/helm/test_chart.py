@@ -65,6 +65,12 @@ def test_crd_copies_are_identical() -> None:
         assert filecmp.cmp(REPO / "crds" / name, CHART / "crds" / name, shallow=False), name
     extra = {p.name for p in (CHART / "crds").glob("*.yaml")} - set(sources)
     assert extra == {"clusterkopfpeerings.yaml"}
+    # kopf's peering CRD: the operator's own copy is the source.
+    assert filecmp.cmp(
+        REPO / "kube_ipsec" / "operator" / "peering-crd.yaml",
+        CHART / "crds" / "clusterkopfpeerings.yaml",
+        shallow=False,
+    )
 
 
 def test_chart_crds_include_kopf_peering_and_render() -> None:

@@ -49,14 +49,18 @@ def _registries(module: Any) -> list[CollectorRegistry]:
     """Registries a metrics module defines: its own, or metrics it created on the default one."""
     found = [v for v in vars(module).values() if isinstance(v, CollectorRegistry)]
     for value in vars(module).values():
-        if isinstance(value, type) and value.__module__ == module.__name__:
-            try:  # a class that registers its metrics on the registry it is given
-                instance = value(registry=CollectorRegistry())
+        if not (isinstance(value, type) and value.__module__ == module.__name__):
+            continue
+        # A class holding its metrics on a registry it creates, or on one it is given.
+        for kwargs in ({}, {"registry": CollectorRegistry()}):
+            try:
+                instance = value(**kwargs)
             except TypeError:
                 continue
             found += [
                 v for v in vars(instance).values() if isinstance(v, CollectorRegistry)
             ]
+            break
     return found or [prometheus_client.REGISTRY]
 
 
