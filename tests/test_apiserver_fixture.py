@@ -104,6 +104,22 @@ def test_rbac_is_enforced_for_impersonated_users(apiserver: APIServer, k8s_names
         assert review.status.allowed is False
 
 
+def test_service_account_tokens_authenticate(apiserver: APIServer, k8s_namespace: str) -> None:
+    with apiserver.api_client() as admin:
+        core = kubernetes.client.CoreV1Api(admin)
+        core.create_namespaced_service_account(k8s_namespace, {"metadata": {"name": "agent"}})
+        token = core.create_namespaced_service_account_token(
+            "agent", k8s_namespace, {"spec": {"expirationSeconds": 3600}}
+        ).status.token
+    kubeconfig = apiserver.kubeconfig_for(apiserver.url, token=token, name="agent")
+    with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as client:
+        review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review({})
+        assert review.status.user_info.username == f"system:serviceaccount:{k8s_namespace}:agent"
+        with pytest.raises(kubernetes.client.ApiException) as denied:
+            kubernetes.client.CoreV1Api(client).list_namespaced_secret(k8s_namespace)
+        assert denied.value.status == 403
+
+
 def test_restart_keeps_data(apiserver: APIServer, k8s_namespace: str) -> None:
     body = {"metadata": {"name": "survivor"}, "data": {"k": "v"}}
     with apiserver.api_client() as client:
