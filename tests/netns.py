@@ -117,10 +117,14 @@ class Capture:
 
 
 @contextmanager
-def capture(ns: str, ifname: str, path: Path | None = None, bpf: str = "") -> Iterator[Capture]:
+def capture(ns: str, ifname: str, path: Path | None = None, bpf: str = "",
+            direction: str = "inout") -> Iterator[Capture]:
     """Capture on ``ifname`` in ``ns`` while the block runs (tcpdump is listening on entry).
 
     The pcap goes to ``path`` (e.g. under pytest's ``tmp_path``) or a fresh temporary file.
+    ``direction`` is tcpdump's ``-Q``. Pitfall: after tunnel-mode decryption the kernel
+    re-injects the inner packet on the receiving interface, so an ``in`` capture there shows
+    plaintext that never crossed the wire; to see only the wire, capture ``out`` on both ends.
     """
     if path is None:
         fd, name = tempfile.mkstemp(prefix=f"kt-{ifname}-", suffix=".pcap")
@@ -128,7 +132,7 @@ def capture(ns: str, ifname: str, path: Path | None = None, bpf: str = "") -> It
         path = Path(name)
     # --immediate-mode: packets still in the ring's current block are lost on SIGINT otherwise.
     argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", ifname, "-n", "-U", "--immediate-mode",
-            "-s", "128", "-Z", "root", "-w", str(path), *bpf.split()]
+            "-s", "128", "-Q", direction, "-Z", "root", "-w", str(path), *bpf.split()]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
