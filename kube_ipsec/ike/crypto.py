@@ -163,7 +163,7 @@ def encr_key_size(encr: int, key_bits: int | None) -> int:
     """Bytes of SK_e / ESP key for an AEAD, salt included."""
     if encr == EncrId.CHACHA20_POLY1305:
         return 32 + SALT_SIZE
-    if encr == EncrId.AES_GCM_16 and key_bits in (128, 192, 256):
+    if encr == EncrId.AES_GCM_16 and key_bits in (128, 192, 256):  # 0 = absent: invalid
         return key_bits // 8 + SALT_SIZE
     raise ValueError(f"unsupported encryption {encr}/{key_bits}")
 

@@ -22,12 +22,12 @@ from kube_ipsec.ike.constants import (
 )
 from kube_ipsec.ike.crypto import SUPPORTED_GROUPS
 
-Encr = tuple[EncrId, int]  # (algorithm, key bits)
+Encr = tuple[EncrId, int]  # (algorithm, key bits); 0 bits: no Key Length attribute (ChaCha20)
 
 _ENCR_TOKENS: dict[str, Encr] = {
     "aes128gcm16": (EncrId.AES_GCM_16, 128), "aes128gcm": (EncrId.AES_GCM_16, 128),
     "aes256gcm16": (EncrId.AES_GCM_16, 256), "aes256gcm": (EncrId.AES_GCM_16, 256),
-    "chacha20poly1305": (EncrId.CHACHA20_POLY1305, 256),
+    "chacha20poly1305": (EncrId.CHACHA20_POLY1305, 0),  # RFC 7634: no Key Length attribute
 }
 _PRF_TOKENS = {"prfsha256": PrfId.HMAC_SHA2_256, "prfsha384": PrfId.HMAC_SHA2_384,
                "prfsha512": PrfId.HMAC_SHA2_512}
@@ -66,7 +66,8 @@ class IkeProposal:
         return cls(tuple(encr), tuple(prfs), tuple(dhs))
 
     def transforms(self) -> tuple[pl.Transform, ...]:
-        return (tuple(pl.Transform(TransformType.ENCR, e, bits) for e, bits in self.encryption)
+        return (tuple(pl.Transform(TransformType.ENCR, e, bits or None)
+                      for e, bits in self.encryption)
                 + tuple(pl.Transform(TransformType.PRF, p) for p in self.prf)
                 + tuple(pl.Transform(TransformType.DH, d) for d in self.dh))
 
@@ -105,7 +106,7 @@ class ChildProposal:
         return cls(protocol, tuple(encr), tuple(integ), tuple(dhs), tuple(esn) or (False,))
 
     def transforms(self, with_dh: bool) -> tuple[pl.Transform, ...]:
-        out = [pl.Transform(TransformType.ENCR, e, bits) for e, bits in self.encryption]
+        out = [pl.Transform(TransformType.ENCR, e, bits or None) for e, bits in self.encryption]
         out += [pl.Transform(TransformType.INTEG, i) for i in self.integrity]
         if with_dh:
             out += [pl.Transform(TransformType.DH, d) for d in self.dh]
@@ -124,12 +125,12 @@ class SelectedIke:
 
     def proposal(self, spi: bytes) -> pl.Proposal:
         return pl.Proposal(self.number, ProtocolId.IKE, spi, (
-            pl.Transform(TransformType.ENCR, self.encr, self.key_bits),
+            pl.Transform(TransformType.ENCR, self.encr, self.key_bits or None),
             pl.Transform(TransformType.PRF, self.prf),
             pl.Transform(TransformType.DH, self.dh)))
 
     def __str__(self) -> str:
-        return f"{self.encr.name}_{self.key_bits}/{self.prf.name}/{self.dh.name}"
+        return f"{_encr_name(self.encr, self.key_bits)}/{self.prf.name}/{self.dh.name}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class SelectedChild:
     def proposal(self, spi: bytes) -> pl.Proposal:
         ts: list[pl.Transform] = []
         if self.encr is not None:
-            ts.append(pl.Transform(TransformType.ENCR, self.encr, self.key_bits))
+            ts.append(pl.Transform(TransformType.ENCR, self.encr, self.key_bits or None))
         if self.integ is not None:
             ts.append(pl.Transform(TransformType.INTEG, self.integ))
         if self.dh != DhGroup.NONE:
@@ -155,10 +156,14 @@ class SelectedChild:
         return pl.Proposal(self.number, self.protocol, spi, tuple(ts))
 
     def __str__(self) -> str:
-        alg = f"{self.encr.name}_{self.key_bits}" if self.encr is not None else (
+        alg = _encr_name(self.encr, self.key_bits) if self.encr is not None else (
             self.integ.name if self.integ is not None else "?")
         dh = f"/{self.dh.name}" if self.dh != DhGroup.NONE else ""
         return f"{self.protocol.name}:{alg}{dh}/{'ESN' if self.esn else 'NO_ESN'}"
+
+
+def _encr_name(encr: EncrId, key_bits: int) -> str:
+    return f"{encr.name}_{key_bits}" if key_bits else encr.name
 
 
 def _offered(p: pl.Proposal) -> dict[int, list[tuple[int, int | None]]]:
@@ -187,16 +192,17 @@ def select_ike(local: tuple[IkeProposal, ...], remote: list[pl.Proposal],
             off = _offered(rp)
             if set(off) - {TransformType.ENCR, TransformType.PRF, TransformType.DH}:
                 continue  # e.g. INTEG with a non-AEAD cipher we do not implement
-            encr = _pick([(e, b) for e, b in lp.encryption], off.get(TransformType.ENCR, []))
+            encr = _pick([(e, b or None) for e, b in lp.encryption],
+                         off.get(TransformType.ENCR, []))
             prf_ = _pick([(p, None) for p in lp.prf], off.get(TransformType.PRF, []))
             dh_choices: list[tuple[int, int | None]] = [
                 (d, None) for d in lp.dh if d in SUPPORTED_GROUPS]
             if ke_group is not None and (ke_group, None) in dh_choices:
                 dh_choices.insert(0, (ke_group, None))
             dh = _pick(dh_choices, off.get(TransformType.DH, []))
-            if encr and prf_ and dh and encr[1] is not None:
-                return SelectedIke(EncrId(encr[0]), encr[1], PrfId(prf_[0]), DhGroup(dh[0]),
-                                   rp.spi, rp.number)
+            if encr and prf_ and dh:
+                return SelectedIke(EncrId(encr[0]), encr[1] or 0, PrfId(prf_[0]),
+                                   DhGroup(dh[0]), rp.spi, rp.number)
     return None
 
 
@@ -208,7 +214,8 @@ def select_child(local: tuple[ChildProposal, ...], remote: list[pl.Proposal], pf
             if rp.protocol != lp.protocol or len(rp.spi) != 4:
                 continue
             off = _offered(rp)
-            encr = _pick([(e, b) for e, b in lp.encryption], off.get(TransformType.ENCR, []))
+            encr = _pick([(e, b or None) for e, b in lp.encryption],
+                         off.get(TransformType.ENCR, []))
             integ = _pick([(i, None) for i in lp.integrity], off.get(TransformType.INTEG, []))
             esn = _pick([(int(e), None) for e in lp.esn], off.get(TransformType.ESN, []))
             if lp.protocol == ProtocolId.ESP:

@@ -103,6 +103,9 @@ def test_chacha20poly1305_esp():
     [ca] = pair.a.of(ike.ChildSaEstablished)
     assert ca.child.outbound.algorithm == "rfc7539esp(chacha20,poly1305)"
     assert len(ca.child.outbound.key) == 36
+    assert ca.child.proposal == "ESP:CHACHA20_POLY1305/ESN"
+    # RFC 7634: the transform carries no Key Length attribute (strongSwan rejects one)
+    assert child.proposals[0].transforms(False)[0].key_length is None
 
 
 def test_nat_is_detected_and_ike_floats_to_4500_with_udp_encapsulated_esp():

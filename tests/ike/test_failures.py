@@ -192,3 +192,17 @@ def test_unknown_non_critical_payloads_are_ignored():
     pair.b.engine.receive_datagram(message.encode(msg, sa_a.cipher_out), ("192.0.2.1", 500),
                                    ("192.0.2.2", 500), pair.now)
     assert pair.b.engine.stats.exchanges[("INFORMATIONAL", "responder", "ok")] == 1
+
+
+def test_informational_authentication_failed_from_the_peer_tears_the_sa_down():
+    pair = Pair()
+    ike_sa = pair.connect()
+    sa_b = next(iter(pair.b.engine._by_id.values()))
+    msg = message.Message(ExchangeType.INFORMATIONAL, False, False, sa_b.mgr.mid_out,
+                          sa_b.spi_i, sa_b.spi_r, [pl.Notify(NotifyType.AUTHENTICATION_FAILED)])
+    pair.a.engine.receive_datagram(message.encode(msg, sa_b.cipher_out), ("192.0.2.2", 500),
+                                   ("192.0.2.1", 500), pair.now)
+    pair.pump()
+    [fa] = pair.a.of(ike.AuthenticationFailed)
+    assert fa.by_peer and fa.ike_sa == ike_sa
+    assert [e.reason for e in pair.a.of(ike.IkeSaDeleted)] == [ike.Reason.AUTH_FAILED]

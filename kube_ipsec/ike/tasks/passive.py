@@ -29,9 +29,12 @@ class Informational(Task):
     def __init__(self, sa: IkeSa, initiator: bool) -> None:
         super().__init__(sa, initiator)
         self.delete_ike = False
+        self.auth_failed = False
         self.answer: dict[int, list[bytes]] = {}
 
     def process_r(self, msg: Message, now: float) -> None:
+        # strongSwan reports a failed verification of our AUTH in an INFORMATIONAL request
+        self.auth_failed = msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None
         for d in msg.get_all(pl.Delete):
             if d.protocol == ProtocolId.IKE:
                 self.delete_ike = True
@@ -42,6 +45,11 @@ class Informational(Task):
 
     def build_r(self, msg: Message, now: float) -> Status:
         sa = self.sa
+        if self.auth_failed:
+            sa.engine.stats.failures["authentication_failed"] += 1
+            sa.engine.emit(events.AuthenticationFailed(sa.id, sa.remote, sa.remote_id, True))
+            sa.delete_reason = events.Reason.AUTH_FAILED
+            return Status.DESTROY
         if self.delete_ike:
             sa.delete_reason = (events.Reason.REKEYED if sa.state == IkeState.REKEYED
                                 else events.Reason.PEER)
