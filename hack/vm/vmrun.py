@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 HERE = Path(__file__).resolve().parent
 # Loaded by stage 1 (with their dependencies) to reach the root filesystem.
@@ -57,6 +58,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        os.fchmod(f.fileno(), 0o644)
     os.replace(tmp, path)
 
 
@@ -111,7 +113,7 @@ def module_order(version: str, names: tuple[str, ...]) -> list[str]:
 
 
 def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
-    """A newc archive from (name, mode, data, rdev-minor-of-char-5); no root needed for nodes."""
+    """A newc archive of (name, mode, data, tty minor or -1); no root needed for device nodes."""
     out = bytearray()
 
     def add(ino: int, name: str, mode: int, data: bytes, rdev: tuple[int, int]) -> None:
@@ -202,7 +204,7 @@ def die_with_parent() -> None:
 class Pump:
     """Copies what the guest appends to a 9p file onto one of our streams, as it arrives."""
 
-    def __init__(self, path: Path, sink) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, path: Path, sink: BinaryIO) -> None:
         self.file = path.open("rb")
         self.sink = sink
 
@@ -222,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
     version, vmlinuz = pick_kernel()
     kernel, initrd = boot_image(version, vmlinuz), initramfs(version)
     rwdirs = [Path(d).resolve() for d in (args.rwdir or [".vm-out"])]
+    for d in (Path.cwd(), *rwdirs):
+        if d.parts[1:2] in (("tmp",), ("run",)):
+            sys.exit(f"vmrun: {d} is under /tmp or /run, which are fresh tmpfs in the guest")
     for d in rwdirs:
         d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vmrun-") as tmp:
