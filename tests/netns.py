@@ -105,7 +105,7 @@ class Capture:
 
     def esp(self) -> list[EspPacket]:
         """Every ESP packet (plain or UDP-encapsulated), in capture order."""
-        return list(_esp_packets(self.path.read_bytes()))
+        return list(esp_in_pcap(self.path.read_bytes()))
 
     def esp_spis(self) -> Counter[int]:
         """How many ESP packets were seen per SPI."""
@@ -151,7 +151,7 @@ def capture(ns: str, ifname: str, path: Path | None = None, bpf: str = "",
             proc.stderr.close()
 
 
-def _esp_packets(pcap: bytes) -> Iterator[EspPacket]:
+def esp_in_pcap(pcap: bytes) -> Iterator[EspPacket]:
     """Parse a classic Ethernet pcap (tcpdump -w) for ESP over IPv4/IPv6, raw or in UDP 4500."""
     if len(pcap) < 24:
         return
