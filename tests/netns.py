@@ -8,6 +8,10 @@ Two nodes on a wire, the whole API:
             assert pair.ping(pair.left, pair.right_ip)
         assert cap.esp_spis() == {0x1001: 3, ...}
 
+``capture(..., direction="out")`` on both ends shows only what crossed the wire (after tunnel-mode
+decryption the kernel re-injects plaintext on the receiving interface); ``esp_in_pcap`` reads
+raw and UDP-encapsulated (NAT-T) ESP from any Ethernet pcap.
+
 Names are unique per process and call, so tests can run side by side; namespaces (and with them
 the veth and every XFRM state/policy in them) are deleted on exit even when the test fails.
 Shells out to iproute2/ping/tcpdump: they are what an operator would type, and they keep this
@@ -19,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _ids = itertools.count()
+_KEY_RE = re.compile(r"0x[0-9a-fA-F]{16,}")
 
 
 def run(*cmd: str, ns: str | None = None, check: bool = True,
@@ -38,7 +44,8 @@ def run(*cmd: str, ns: str | None = None, check: bool = True,
     argv = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} -> rc {proc.returncode}: {proc.stderr.strip()}")
+        shown = " ".join(_KEY_RE.sub("0x<key>", a) for a in argv)  # keys stay out of reports
+        raise RuntimeError(f"{shown} -> rc {proc.returncode}: {proc.stderr.strip()}")
     return proc
 
 
