@@ -51,7 +51,7 @@ from kube_ipsec.xfrm.model import (
 )
 from kube_ipsec.xfrm.netlink import NetlinkKernel
 from kube_ipsec.xfrm.reconcile import Changes, flush_owned, reconcile
-from kube_ipsec.xfrm.switch import SaPair, pin_outbound, switch_sa_pair
+from kube_ipsec.xfrm.switch import SaPair, install_inbound, pin_outbound, switch_sa_pair
 
 __all__ = [
     'OWNED_PRIORITY_MAX', 'OWNED_PRIORITY_MIN', 'OWNED_REQID_MAX', 'OWNED_REQID_MIN',
@@ -60,6 +60,6 @@ __all__ = [
     'InvalidRequest', 'Kernel', 'Lifetime', 'Mark', 'Mode', 'NetlinkKernel', 'NoSuchPolicy',
     'NoSuchSa', 'PermissionDenied', 'Policy', 'PolicyExists', 'PolicyId', 'Proto', 'SaCounters',
     'SaExists', 'SaId', 'SaPair', 'Selector', 'SpiRangeExhausted', 'Template', 'XfrmError',
-    'bypass_socket', 'enable_udp_encap', 'flush_owned', 'owned_policy', 'owned_sa',
-    'pin_outbound', 'reconcile', 'switch_sa_pair',
+    'bypass_socket', 'enable_udp_encap', 'flush_owned', 'install_inbound', 'owned_policy',
+    'owned_sa', 'pin_outbound', 'reconcile', 'switch_sa_pair',
 ]

@@ -58,15 +58,19 @@ async def switch_sa_pair(
     out_policy: Policy,
     *,
     linger: float = DEFAULT_LINGER,
+    inbound_installed: bool = False,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> Policy:
     """Install ``new``, switch ``out_policy`` to it, retire ``old``; returns the new policy.
 
     Steps: new inbound, new outbound, one UPDPOLICY, delete old outbound, wait ``linger``,
     delete old inbound. With ``old`` None this is the first install (policy after SAs).
+    A rekey responder installs its inbound SA when the request arrives (``install_inbound``)
+    and switches on the initiator's DELETE: it passes ``inbound_installed=True``.
     Run it in its own task if the caller must not wait for the linger.
     """
-    await install_inbound(kernel, new.inbound)
+    if not inbound_installed:
+        await install_inbound(kernel, new.inbound)
     await kernel.add_sa(new.outbound)
     switched = pin_outbound(out_policy, new.outbound)
     await kernel.update_policy(switched)
