@@ -1,6 +1,6 @@
 """We test these aspects of the agent's metrics (agent/metrics.py):
 
-- the exact exported names the Helm dashboard and alerts use;
+- the exact exported names the Helm dashboard and alerts use (plus the key-Secret error count);
 - SA byte/packet counters stay monotonic when SAs are replaced (rekey), per direction;
 - sequence headroom is the unused fraction of the outbound sequence space;
 - /proc/net/xfrm_stat fields become counters labelled by field name;
@@ -10,7 +10,7 @@
 import aiohttp
 from prometheus_client.exposition import generate_latest
 
-from kube_ipsec.agent import metrics
+from kube_ipsec.agent import metrics, watchers
 
 EXPECTED = {
     "kube_ipsec_agent_peers",
@@ -27,10 +27,15 @@ EXPECTED = {
 }
 
 
+# beyond the dashboard's set: broken key Secrets (registered by the watchers)
+EXTRA = {"kube_ipsec_agent_key_secret_errors_total"}
+
+
 def test_exported_names_are_exactly_the_contract():
-    assert metrics.exported_names() == EXPECTED
+    assert watchers.KEY_SECRET_ERRORS is not None
+    assert metrics.exported_names() == EXPECTED | EXTRA
     text = generate_latest(metrics.REGISTRY).decode()
-    for name in EXPECTED:
+    for name in EXPECTED | EXTRA:
         assert f"# TYPE {name} " in text
 
 
