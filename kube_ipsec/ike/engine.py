@@ -97,7 +97,7 @@ class Engine:
         self._spis.extend(spis)
         self._spis_requested = False
         for sa in list(self._by_id.values()):
-            sa.mgr.initiate(now)
+            sa.mgr.resume(now)
 
     def initiate(self, peer: PeerConfig, now: float, replaces: int | None = None) -> int:
         """Start IKE_SA_INIT + IKE_AUTH (+ the Child SA) towards ``peer``; returns ``ike_sa``."""

@@ -25,6 +25,7 @@ class TaskManager:
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa
         self.queued: list[tuple[float, Task]] = []  # (not before, task)
+        self.waiting_spi: list[Task] = []  # queued tasks that need an SPI from the kernel
         self.active: Task | None = None
         self.mid_out = 0
         self.mid_in = 0
@@ -39,10 +40,17 @@ class TaskManager:
         self.queued.append((not_before, task))
 
     def idle(self) -> bool:
-        return self.active is None and not self.queued
+        return self.active is None and not self.queued and not self.waiting_spi
+
+    def resume(self, now: float) -> None:
+        """SPIs arrived: the tasks that waited for them go first."""
+        self.queued[:0] = [(0.0, t) for t in self.waiting_spi]
+        self.waiting_spi.clear()
+        self.initiate(now)
 
     def has_queued(self, cls: type[Task]) -> bool:
-        return isinstance(self.active, cls) or any(isinstance(t, cls) for _, t in self.queued)
+        return isinstance(self.active, cls) or any(
+            isinstance(t, cls) for t in [t for _, t in self.queued] + self.waiting_spi)
 
     def initiate(self, now: float) -> None:
         """Start the next queued task if nothing is in flight."""
@@ -58,7 +66,7 @@ class TaskManager:
             except Obsolete:
                 continue
             except NeedSpi:
-                self.queued.insert(index, (now, task))
+                self.waiting_spi.append(task)
                 self.sa.engine.want_spis()
                 return
             self.active = task
@@ -85,8 +93,13 @@ class TaskManager:
         sa = self.sa
         cfg = sa.engine.config
         if self.retransmits >= cfg.retransmit_tries:
+            from kube_ipsec.ike.tasks.ike_delete import IkeDelete
+
             sa.engine.stats.failures["retransmits_exhausted"] += 1
             sa.engine.stats.count_exchange(self.active, "timeout")
+            if isinstance(self.active, IkeDelete):  # we were leaving anyway
+                sa.destroy(self.active.reason, now)
+                return
             sa.engine.emit(events.PeerDead(sa.id, sa.remote))
             sa.destroy(events.Reason.DEAD_PEER, now)
             return

@@ -89,6 +89,7 @@ class IkeSa:
     established_at: float | None = None
     last_inbound: float = 0.0
     rekey_at: float | None = None
+    rekeyed_at: float | None = None  # REKEYED: when the successor took over
     replaces: int | None = None
     announced: bool = False  # IkeSaEstablished/IkeSaRekeyed was emitted for it
     delete_reason: events.Reason = events.Reason.LOCAL
@@ -191,6 +192,8 @@ class IkeSa:
             times.append(self.created_at + self.engine.config.half_open_timeout)
         if self.state == IkeState.ESTABLISHED and self.peer.dpd_delay > 0:
             times.append(self.last_inbound + self.peer.dpd_delay)
+        if self.state == IkeState.REKEYED and self.rekeyed_at is not None:
+            times.append(self.rekeyed_at + self.engine.config.half_open_timeout)
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
@@ -200,6 +203,10 @@ class IkeSa:
                 now >= self.created_at + self.engine.config.half_open_timeout):
             self.engine.stats.failures["half_open_timeout"] += 1
             self.destroy(events.Reason.HALF_OPEN_TIMEOUT, now)
+            return
+        if self.state == IkeState.REKEYED and self.rekeyed_at is not None and (
+                now >= self.rekeyed_at + self.engine.config.half_open_timeout):
+            self.destroy(events.Reason.REKEYED, now)  # the peer never sent its DELETE
             return
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey_at = None
@@ -211,9 +218,10 @@ class IkeSa:
                 if child.state == ChildState.INSTALLED:
                     self.mgr.queue(child_rekey.ChildRekey(self, True, child))
         if (self.state == IkeState.ESTABLISHED and self.peer.dpd_delay > 0
-                and now >= self.last_inbound + self.peer.dpd_delay and self.mgr.idle()):
-            self.mgr.queue(dpd.Dpd(self, True))
-            self.last_inbound = now  # one probe per period; the retransmits do the rest
+                and now >= self.last_inbound + self.peer.dpd_delay):
+            if self.mgr.idle():  # a busy SA is probed by its own retransmissions already
+                self.mgr.queue(dpd.Dpd(self, True))
+            self.last_inbound = now  # one probe per period
         self.mgr.on_timer(now)
 
     def destroy(self, reason: events.Reason, now: float) -> None:

@@ -143,6 +143,8 @@ class Pair:
             self.now = max(self.now, min(timers))
             for node in self.nodes():
                 node.engine.handle_timer(self.now)
+                timer = node.engine.get_timer()  # never a deadline already due: no busy loop
+                assert timer is None or timer > self.now, (node.name, timer, self.now)
             self.pump()
         self.now = until
         self.pump()

@@ -146,6 +146,8 @@ def test_empty_spi_pool_defers_the_child_until_spis_arrive():
     pair.connect()
     [need] = pair.a.of(ike.SpisNeeded)
     assert need.count == 8 and not pair.a.of(ike.IkeSaEstablished)
+    pair.advance(0.5)  # waiting for SPIs arms no timer of its own
+    assert not pair.a.of(ike.IkeSaEstablished)
     pair.a.engine.provide_spis([0xC0000100], pair.now)
     pair.pump()
     [ca] = pair.a.of(ike.ChildSaEstablished)

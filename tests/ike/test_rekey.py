@@ -194,3 +194,15 @@ def test_ike_rekey_timer_and_child_timers_run_together():
     assert len(pair.a.engine.snapshot()) == len(pair.b.engine.snapshot()) == 1
     assert len(pair.a.children()) == len(pair.b.children()) == 1
     assert not pair.a.engine.stats.dropped and not pair.b.engine.stats.dropped
+
+
+def test_old_ike_sa_goes_even_if_its_delete_is_lost():
+    pair, old_ike, _ = established()
+    pair.drop = lambda name, data, *_: name == "node-a" and len(pair.a.of(ike.IkeSaRekeyed)) > 0
+    pair.a.engine.rekey_ike(old_ike, pair.now)
+    pair.pump()
+    pair.advance(40)
+    for node in pair.nodes():
+        assert [e.reason for e in node.of(ike.IkeSaDeleted)] == [ike.Reason.REKEYED]
+        assert not node.of(ike.PeerDead) and not node.of(ike.ChildSaDeleted)
+        assert len(node.engine.snapshot()) == 1

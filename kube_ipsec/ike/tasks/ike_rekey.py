@@ -60,6 +60,7 @@ class IkeRekey(Task):
         winner.children, sa.children = sa.children, {}
         winner.announced = True
         sa.state = IkeState.REKEYED
+        sa.rekeyed_at = now
         sa.rekey_at = None
         assert winner.selected is not None
         sa.engine.stats.rekeys["ike"] += 1
