@@ -81,13 +81,6 @@ class NotifyType(enum.IntEnum):
     NON_FIRST_FRAGMENTS_ALSO = 16395
     MOBIKE_SUPPORTED = 16396
 
-    @property
-    def is_error(self) -> bool:
-        return self.value < 16384
-
-
-ERROR_NOTIFY_LIMIT = 16384
-
 
 class ProtocolId(enum.IntEnum):
     IKE = 1

@@ -1,7 +1,7 @@
 """The engine: every IKE SA of one local endpoint, behind one sans-IO interface.
 
 Inputs (each with the caller's clock ``now``): ``receive_datagram``, ``handle_timer``,
-``provide_spis`` and the API calls (``initiate``, ``rekey_child``, ``rekey_ike``,
+``provide_spis`` and the API calls (``initiate``, ``create_child``, ``rekey_child``, ``rekey_ike``,
 ``delete_child``, ``delete_ike``, ``dpd``, ``reauthenticate``). Outputs:
 ``datagrams_to_send()``, ``get_timer()``, ``next_event()``. After any input the shell should
 drain events first, then send datagrams, then re-arm its timer (aioquic's order).
@@ -27,6 +27,7 @@ from kube_ipsec.ike.errors import LocalProtocolError, MalformedMessage, Protocol
 from kube_ipsec.ike.proposals import SelectedIke
 from kube_ipsec.ike.sa import Child, IkeSa, IkeState
 from kube_ipsec.ike.stats import IkeSaSnapshot, Stats
+from kube_ipsec.ike.tasks.child_create import ChildCreate
 from kube_ipsec.ike.tasks.child_delete import ChildDelete
 from kube_ipsec.ike.tasks.child_rekey import ChildRekey
 from kube_ipsec.ike.tasks.dpd import Dpd
@@ -110,6 +111,12 @@ class Engine:
         sa.mgr.queue(IkeAuth(sa, True))
         sa.mgr.initiate(now)
         return sa.id
+
+    def create_child(self, ike_sa: int, now: float) -> None:
+        """Another Child SA of the peer's policy, e.g. after one failed inside IKE_AUTH."""
+        sa = self._sa(ike_sa)
+        sa.mgr.queue(ChildCreate(sa, True))
+        sa.mgr.initiate(now)
 
     def rekey_child(self, spi_in: int, now: float) -> None:
         sa, child = self._child(spi_in)

@@ -20,7 +20,6 @@ from kube_ipsec.ike.constants import (
     NotifyType,
     PayloadType,
     ProtocolId,
-    TransformType,
     TsType,
 )
 from kube_ipsec.ike.errors import MalformedMessage
@@ -390,10 +389,3 @@ def notify_type_name(value: int) -> str:
         return NotifyType(value).name
     except ValueError:
         return f"NOTIFY_{value}"
-
-
-def transform_type_name(value: int) -> str:
-    try:
-        return TransformType(value).name
-    except ValueError:
-        return f"TRANSFORM_{value}"

@@ -14,7 +14,6 @@ from kube_ipsec.ike import payloads as pl
 from kube_ipsec.ike.constants import (
     DhGroup,
     EncrId,
-    EsnId,
     IntegId,
     PrfId,
     ProtocolId,
@@ -243,10 +242,6 @@ def select_child(local: tuple[ChildProposal, ...], remote: list[pl.Proposal], pf
                 (encr[1] or 0) if encr else 0, IntegId(integ[0]) if integ else None, dh,
                 bool(esn[0]), rp.spi, rp.number)
     return None
-
-
-def esn_id(esn: bool) -> EsnId:
-    return EsnId.ESN if esn else EsnId.NO_ESN
 
 
 DEFAULT_IKE = (IkeProposal.parse("aes256gcm16-prfsha256-x25519-ecp256-ecp384-modp2048"),

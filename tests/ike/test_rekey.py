@@ -206,3 +206,15 @@ def test_old_ike_sa_goes_even_if_its_delete_is_lost():
         assert [e.reason for e in node.of(ike.IkeSaDeleted)] == [ike.Reason.REKEYED]
         assert not node.of(ike.PeerDead) and not node.of(ike.ChildSaDeleted)
         assert len(node.engine.snapshot()) == 1
+
+
+def test_create_child_adds_a_child_sa_with_its_own_nonces():
+    pair, ike_sa, first = established()
+    pair.a.engine.create_child(ike_sa, pair.now)
+    pair.pump()
+    [_, ca] = pair.a.of(ike.ChildSaEstablished)
+    [_, cb] = pair.b.of(ike.ChildSaEstablished)
+    assert_mirrored(ca.child, cb.child)
+    assert ca.child.outbound.key != first.outbound.key
+    assert len(pair.a.children()) == len(pair.b.children()) == 2
+    assert pair.b.engine.stats.exchanges[("CREATE_CHILD_SA", "responder", "ok")] == 1

@@ -19,8 +19,8 @@ from kube_ipsec.ike.constants import DhGroup, ExchangeType, NotifyType
 from kube_ipsec.ike.errors import ProtocolError
 from kube_ipsec.ike.message import Message
 from kube_ipsec.ike.proposals import KERNEL_AUTH, SelectedChild, select_child
-from kube_ipsec.ike.sa import Child, IkeSa
-from kube_ipsec.ike.tasks.base import NeedSpi, Status, Task
+from kube_ipsec.ike.sa import Child, IkeSa, IkeState
+from kube_ipsec.ike.tasks.base import NeedSpi, Obsolete, Status, Task
 from kube_ipsec.ike.tasks.ike_init import NONCE_SIZE, check_nonce
 
 TS = tuple[pl.TrafficSelector, ...]
@@ -117,6 +117,8 @@ class ChildCreate(Task):
 
     def build_i(self, msg: Message, now: float) -> None:
         sa = self.sa
+        if not self.in_auth and sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            raise Obsolete
         if self.spi_in is None:
             self.spi_in = sa.engine.take_spi()
             if self.spi_in is None:
