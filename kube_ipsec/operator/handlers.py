@@ -84,6 +84,7 @@ class Operator:
             deleted = await asyncio.to_thread(self.reconciler.store.delete, name)
             logger.info("Tunnel %s deleted; key Secret %s.", name,
                         "deleted" if deleted else "was already gone")
+            self.reconciler.forget(name)
             self.metrics.forget_tunnel(name)
             self._highest.pop(name, None)
         self._locks.pop(name, None)

@@ -91,6 +91,11 @@ class Reconciler:
         self.store = store
         self.status_api = status_api
         self.new_key = new_key
+        # Problems already announced, per tunnel: the status read may lag our own last write.
+        self._announced: dict[str, set[tuple[str, str]]] = {}
+
+    def forget(self, name: str) -> None:
+        self._announced.pop(name, None)
 
     def reconcile(self, inputs: Inputs) -> Outcome:
         body, now = inputs.body, inputs.now
@@ -152,7 +157,7 @@ class Reconciler:
         )
         outcome.status = status.desired(previous, observation)
         outcome.highest = highest
-        self._transitions(previous, outcome)
+        self._transitions(name, previous, outcome)
         self._write_status(name, previous, outcome.status)
         return outcome
 
@@ -244,12 +249,14 @@ class Reconciler:
             last_rotation=status.last_rotation(previous, stored.keys),
         )
         outcome = Outcome(status=status.desired(previous, observation), highest=highest)
-        self._transitions(previous, outcome)
+        self._transitions(name, previous, outcome)
         self._write_status(name, previous, outcome.status)
         return outcome
 
-    def _transitions(self, previous: Mapping[str, Any], outcome: Outcome) -> None:
+    def _transitions(self, name: str, previous: Mapping[str, Any], outcome: Outcome) -> None:
         """Warning Events for problems that appear or change (not on every pass)."""
+        announced = self._announced.setdefault(name, set())
+        current = set()
         for ctype, reason in (
             (contract.Condition.READY, "InvalidSpec"),
             (contract.Condition.DEGRADED, "AcknowledgementTimeout"),
@@ -258,12 +265,17 @@ class Reconciler:
             now = status.condition(outcome.status, ctype)
             if now.get("reason") != reason:
                 continue
+            problem = (reason, str(now.get("message")))
+            current.add(problem)
             before = status.condition(previous, ctype)
-            if (before.get("reason"), before.get("message")) == (reason, now.get("message")):
+            if problem in announced or (before.get("reason"), before.get("message")) == problem:
                 continue
-            outcome.notices.append(Notice("Warning", reason, str(now.get("message"))))
-            if reason == "AcknowledgementTimeout" and before.get("reason") != reason:
-                outcome.timed_out = True
+            outcome.notices.append(Notice("Warning", *problem))
+        timeout = "AcknowledgementTimeout"
+        had = {r for r, _ in announced} | {
+            status.condition(previous, contract.Condition.DEGRADED).get("reason")}
+        outcome.timed_out = timeout not in had and any(r == timeout for r, _ in current)
+        self._announced[name] = current
 
     def _write_status(self, name: str, previous: Mapping[str, Any],
                       wanted: Mapping[str, Any]) -> None:

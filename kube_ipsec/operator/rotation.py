@@ -9,7 +9,8 @@ tested as a table.
 All rotation state lives in the Secret, so an operator restarted at any point resumes the same
 rotation and can never start a second one:
 
-* *Idle*: one generation. A rotation is due at ``createdAt(current) + interval`` or when the
+* *Idle*: one generation (so staging makes two: never more than the contract's
+  MAX_GENERATIONS). A rotation is due at ``createdAt(current) + interval`` or when the
   rotate-now annotation carries a value not yet recorded in the Secret as handled.
 * *Staging*: a generation newer than ``current`` exists. Every node must report it loaded before
   ``current`` moves to it (a key reaches every node before any node depends on it).
@@ -113,8 +114,6 @@ def plan(
             trigger = Trigger.ON_DEMAND
         elif now >= next_rotation:
             trigger = Trigger.INTERVAL
-        if trigger is not None and len(keys.generations) >= contract.MAX_GENERATIONS:
-            trigger = None  # cannot happen from our own writes; never exceed the contract
         return Plan(
             step=Step.STAGE if trigger else None, phase=Phase.IDLE, trigger=trigger,
             next_rotation=next_rotation,
