@@ -120,7 +120,8 @@ def test_default_render_is_minimal_and_namespaced() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
     assert "IPsecTunnel" not in kinds
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for doc in docs:
         if doc["kind"] not in cluster_scoped:
             assert doc["metadata"]["namespace"] == "kube-ipsec", doc["kind"]

@@ -240,3 +240,52 @@ def test_operator_writes_key_secrets_only_in_its_namespace(
         with pytest.raises(kubernetes.client.ApiException) as denied:
             core.create_namespaced_secret("default", body)
         assert denied.value.status == 403
+
+
+NODE_NAME_EXTRA = "Impersonate-Extra-authentication.kubernetes.io%2fnode-name"
+
+
+def _ipsec_node(name: str) -> dict[str, object]:
+    return {"apiVersion": f"{G}/v1alpha1", "kind": "IPsecNode", "metadata": {"name": name},
+            "spec": {"nodeName": name}}
+
+
+def test_agent_writes_only_its_own_ipsec_node(apiserver: APIServer, release: Release) -> None:
+    """The admission policy holds a node-bound agent token to its own node's IPsecNode."""
+    created = []
+    try:
+        with apiserver.api_client(as_user=release.agent) as client:
+            client.set_default_header(NODE_NAME_EXTRA, "helm-node-a")
+            custom = kubernetes.client.CustomObjectsApi(client)
+            custom.create_cluster_custom_object(G, "v1alpha1", "ipsecnodes",
+                                                _ipsec_node("helm-node-a"))
+            created.append("helm-node-a")
+            custom.patch_cluster_custom_object_status(
+                G, "v1alpha1", "ipsecnodes", "helm-node-a", {"status": {"address": "10.1.1.1"}}
+            )
+            with pytest.raises(kubernetes.client.ApiException) as denied:
+                custom.create_cluster_custom_object(G, "v1alpha1", "ipsecnodes",
+                                                    _ipsec_node("helm-node-b"))
+            assert denied.value.status == 403
+            assert "may only write IPsecNode helm-node-a" in str(denied.value.body)
+        # Node b's agent cannot touch node a's report either, not even its status.
+        with apiserver.api_client(as_user=release.agent) as client:
+            client.set_default_header(NODE_NAME_EXTRA, "helm-node-b")
+            custom = kubernetes.client.CustomObjectsApi(client)
+            with pytest.raises(kubernetes.client.ApiException) as denied:
+                custom.patch_cluster_custom_object_status(
+                    G, "v1alpha1", "ipsecnodes", "helm-node-a",
+                    {"status": {"address": "10.6.6.6"}},
+                )
+            assert denied.value.status == 403
+        with apiserver.api_client() as admin:
+            stored = kubernetes.client.CustomObjectsApi(admin).get_cluster_custom_object(
+                G, "v1alpha1", "ipsecnodes", "helm-node-a"
+            )
+        assert stored["status"]["address"] == "10.1.1.1"
+    finally:
+        with apiserver.api_client() as admin:
+            for name in created:
+                kubernetes.client.CustomObjectsApi(admin).delete_cluster_custom_object(
+                    G, "v1alpha1", "ipsecnodes", name
+                )
