@@ -75,8 +75,10 @@ class IkeAuth(Task):
         self.child_error: ProtocolError | None = None
 
     def _psks(self, remote_id: Identity) -> list[tuple[int, bytes]]:
-        keys = self.sa.engine.config.psk_provider(self.sa.local_id, remote_id)
-        return sorted(keys, key=lambda k: k[0], reverse=True)
+        # The provider's order is the policy: the initiator signs with the first entry (the
+        # tunnel's *current* generation), a responder accepts any of them. Newest-first would
+        # sign with a staged generation some responders may not have loaded yet.
+        return list(self.sa.engine.config.psk_provider(self.sa.local_id, remote_id))
 
     def _auth_failed(self, by_peer: bool, remote_id: Identity | None) -> None:
         sa = self.sa
