@@ -25,6 +25,8 @@ BAD_VALUES = {
     "unknown-operator-key": ({"operator.replica": 2}, "replica"),
     "bad-memory-quantity": ({"agent.resources.limits.memory": "lots"}, "/agent/resources"),
     "tunnel-name-not-dns": ({"exampleTunnel.name": "Mesh_1"}, "/exampleTunnel/name"),
+    "no-apiserver-port": ({"agent.apiserverPorts": []}, "/agent/apiserverPorts"),
+    "extra-arg-not-a-flag": ({"agent.extraArgs": ["rm -rf"]}, "/agent/extraArgs/0"),
 }
 
 

@@ -46,7 +46,13 @@ def test_agent_runs_on_every_node_in_the_host_network() -> None:
         "--namespace=kube-ipsec",
         "--metrics-port=9101",
         "--log-format=text",
+        "--link-mtu=1500",
+        "--apiserver-port=6443",
     ]
+    more = _container(find(render({"agent.apiserverPorts": [6443, 443],
+                                   "agent.extraArgs": ["--status-interval=10"]}), "DaemonSet"))
+    assert more["args"][-3:] == ["--apiserver-port=6443", "--apiserver-port=443",
+                                 "--status-interval=10"]
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     ports = {(p["containerPort"], p["protocol"]) for p in container["ports"]}
