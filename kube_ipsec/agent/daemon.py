@@ -90,6 +90,7 @@ class Daemon:
                 group.create_task(self.watchers.run())
                 await self._start_datapath(cfg.host)
                 group.create_task(self._manager().run())
+                group.create_task(self._manager().watch_kernel())
                 group.create_task(self._every_change())
                 group.create_task(self._status_loop())
                 group.create_task(self._repeat(opts.counters_interval, self._counters))

@@ -53,6 +53,9 @@ Address = tuple[str, int]
 Send = Callable[[bytes, Address, Address], None]
 PeerKey = tuple[str, str]
 RETRY_MIN, RETRY_MAX = 2.0, 60.0
+# A pair's responder initiates on an ACQUIRE (traffic waiting for an SA) only after this long
+# without an IKE SA: normally the initiator is faster, and two IKE SAs would be wasted work.
+ACQUIRE_GRACE = 10.0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Peer:
     adopted: list[xm.SA] = field(default_factory=list)
     retries: int = 0
     retry: asyncio.TimerHandle | None = None
+    added_at: float = 0.0
 
     @property
     def config(self) -> ike.PeerConfig:
@@ -143,7 +147,15 @@ class PeerManager:
                 await self._apply_desired(item[1], item[2], now)
             elif kind == "retry":
                 self._retry(item[1], now)
+            elif kind == "kernel":
+                self._kernel_event(item[1], now)
             await self._flush(now)
+
+    async def watch_kernel(self) -> None:
+        """Feed the kernel's ACQUIRE/EXPIRE events into the queue (a task of its own)."""
+        async with self.kernel.events() as stream:
+            async for event in stream:
+                self.queue.put_nowait(("kernel", event))
 
     # -- start: adopt what a previous agent left --------------------------------------------
 
@@ -179,6 +191,7 @@ class PeerManager:
             peer = self.peers.get(key)
             if peer is None:
                 peer = self.peers[key] = await self._add(wanted)
+                peer.added_at = now
             else:
                 peer.want = wanted
             self._maybe_initiate(peer, now)
@@ -273,6 +286,31 @@ class PeerManager:
         peer.retries += 1
         peer.retry = asyncio.get_running_loop().call_later(
             delay, self.queue.put_nowait, ("retry", peer.want.key))
+
+    def _kernel_event(self, event: xm.Event, now: float) -> None:
+        if isinstance(event, xm.Acquire):
+            peer = self._by_remote(str(event.template.dst))
+            if (peer is not None and not peer.ike_sas and peer.connecting is None
+                    and peer.want.initiate_generation is not None
+                    and (peer.want.initiator or now - peer.added_at >= ACQUIRE_GRACE)):
+                log.info("traffic to %s waits for an SA: initiating", event.template.dst)
+                self._initiate(peer, now)
+            return
+        peer = next((p for p in self.peers.values() if p.reqid == event.reqid), None)
+        if peer is None:
+            return
+        for spi_in, inst in list(peer.children.items()):
+            if event.sa.spi not in (inst.inbound.spi, inst.outbound.spi):
+                continue
+            with contextlib.suppress(ike_errors.LocalProtocolError):
+                if not event.hard:
+                    self.engine.rekey_child(spi_in, now)
+                    continue
+                # gone from the kernel before the core rekeyed it: replace the Child SA
+                log.warning("SA 0x%08x of %s/%s expired hard", event.sa.spi, peer.want.tunnel,
+                            peer.want.name)
+                self.engine.delete_child(spi_in, now)
+                self.engine.create_child(inst.ike_sa, now)
 
     def _retry(self, key: PeerKey, now: float) -> None:
         peer = self.peers.get(key)

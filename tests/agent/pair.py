@@ -41,7 +41,7 @@ class Agent:
         self.manager = peers.PeerManager(
             self.kernel, self._send, local_address=self.address, linger=linger,
             bypass_ports=(6443,), random=seeded_random(hash(name) & 0xFFFF))
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         link[self.address] = self
 
     def _send(self, data, src, dst):
@@ -53,13 +53,15 @@ class Agent:
     async def start(self, adopt: bool = True) -> None:
         if adopt:
             await self.manager.adopt()
-        self.task = asyncio.create_task(self.manager.run())
+        self.tasks = [asyncio.create_task(self.manager.run()),
+                      asyncio.create_task(self.manager.watch_kernel())]
+        await asyncio.sleep(0)  # subscribed to kernel events before the test emits any
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+                await task
         self.link.pop(self.address, None)
 
     def apply(self, tunnels, keys, node_objs=None) -> desired.Desired:

@@ -8,13 +8,17 @@ with a FakeKernel and its own IKE engine, over a fake link:
 - a removed peer's SAs and policies are deleted;
 - a restarted agent adopts the kernel state, keeps traffic on it until a new Child SA is up,
   then removes the old SAs; state nobody wants is removed;
-- the API server port is bypassed with plaintext policies, consulted before the pair's.
+- the API server port is bypassed with plaintext policies, consulted before the pair's;
+- an SA that expires hard in the kernel is replaced by a new Child SA;
+- an ACQUIRE makes the pair's responder initiate, but only after a grace period.
 """
+
+import asyncio
 
 import pytest
 
 from kube_ipsec import contract
-from kube_ipsec.agent import status, translate
+from kube_ipsec.agent import peers, status, translate
 from kube_ipsec.xfrm import model as xm
 from tests.agent import helpers
 from tests.agent.pair import Agent, eventually
@@ -174,3 +178,29 @@ async def test_allow_plaintext_uses_optional_templates(pair):
     b.apply(tunnels, {"mesh": helpers.keyset()}, TWO_NODES)
     await eventually(lambda: up(a, "node-b") and up(b, "node-a"))
     assert all(t.optional for p in a.kernel.policies.values() for t in p.templates)
+
+
+async def test_hard_expired_sa_is_replaced_by_a_new_child(pair):
+    a, b = pair
+    await bring_up(a, b, {"mesh": helpers.keyset()})
+    peer = a.manager.peers[("mesh", "node-b")]
+    (inst,) = peer.children.values()
+    a.kernel.expire(inst.outbound, hard=True)
+    await eventually(lambda: up(a, "node-b") and inst.inbound.spi not in peer.children
+                     and len(peer.children) == 1)
+    assert out_policy(a).templates[0].spi not in (0, inst.outbound.spi)
+
+
+async def test_acquire_makes_the_responder_initiate_only_after_a_grace_period(pair):
+    _, b = pair
+    keys = {"mesh": helpers.keyset()}
+    b.apply(MESH, keys, TWO_NODES)  # a (the initiator) knows nothing yet
+    await eventually(lambda: ("mesh", "node-a") in b.manager.peers)
+    template = out_policy(b).templates[0]
+    acquire = xm.Acquire(template, out_policy(b).selector, xm.Dir.OUT, 0, 1)
+    b.kernel.emit(acquire)
+    await asyncio.sleep(0.05)
+    assert b.sent == [], "the responder leaves it to the initiator at first"
+    b.manager.peers[("mesh", "node-a")].added_at -= peers.ACQUIRE_GRACE
+    b.kernel.emit(acquire)
+    await eventually(lambda: b.sent)  # IKE_SA_INIT towards node-a
