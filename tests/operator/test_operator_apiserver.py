@@ -15,7 +15,7 @@ import pytest
 
 from kube_ipsec import contract
 from kube_ipsec.operator import secrets
-from tests.operator.conftest import Cluster, wait_for
+from tests.operator.conftest import Cluster, apply_peering_crd, wait_for
 
 pytestmark = pytest.mark.apiserver
 
@@ -225,3 +225,85 @@ def test_metrics_and_liveness(cluster: Cluster) -> None:
     ):
         assert line in text
     assert op.scrape("/healthz", port=op.liveness_port)
+
+
+def test_leader_failover_without_double_rotation(cluster: Cluster) -> None:
+    apply_peering_crd(cluster.apiserver)
+    peering = ("--peering", f"{cluster.namespace}-peering", "--peering-lifetime", "6")
+    high = cluster.operator(*peering, "--priority", "20")
+    a = cluster.add_node("a")
+    name = cluster.create_tunnel("mesh")
+    wait_for(lambda: generations(cluster, name) == (1, [1]), 60, "generation 1")
+    low = cluster.operator(*peering, "--priority", "10")
+    wait_for(lambda: "Initial authentication has finished" in low.output, 30, "standby up")
+
+    cluster.report(a, name, [1], 1)
+    cluster.rotate_now(name, "failover")
+    wait_for(lambda: generations(cluster, name) == (1, [1, 2]), 15, "generation 2 staged")
+    assert "Resuming operations" not in low.output  # it starts paused while high is alive
+    high.kill()
+    cluster.report(a, name, [1, 2], 1)
+    wait_for(lambda: generations(cluster, name) == (2, [1, 2]), 60, "standby switches")
+    cluster.report(a, name, [1, 2], 2)
+    wait_for(lambda: generations(cluster, name) == (2, [2]), 15, "standby retires")
+
+    assert "staged key generation 2" in high.output
+    assert "staged key generation" not in low.output
+    assert "created key Secret" not in low.output
+    assert "key generation 2 is current" in low.output
+    assert "Resuming operations" in low.output
+    assert cluster.event_reasons(name).count("RotationStarted") == 1
+    assert cluster.tunnel(name)["status"]["highestKeyGeneration"] == 2
+
+
+def test_no_key_material_in_logs_events_or_status(cluster: Cluster) -> None:
+    """The whole flow, verbose and in JSON; then look for every key in every encoding."""
+    psk = b"peer-psk-" + bytes(range(200, 223))
+    cluster.core.create_namespaced_secret(cluster.namespace, {
+        "metadata": {"name": "gw-psk"}, "data": {"psk": base64.b64encode(psk).decode()}})
+    op = cluster.operator("--standalone", "--verbose", "--log-format", "json")
+    a = cluster.add_node("a")
+    name = cluster.create_tunnel("mesh", mode="tunnel", peers=[
+        {"name": "gw", "address": "192.0.2.10", "pskSecretRef": {"name": "gw-psk"}}])
+    seen: set[bytes] = {psk}
+
+    def step(expected: tuple[int, list[int]]) -> None:
+        wait_for(lambda: generations(cluster, name) == expected, 30, f"generations {expected}")
+        keys = cluster.keyset(name)
+        assert keys is not None
+        seen.update(g.key for g in keys.generations)
+        seen.update(keys.peer_psks.values())
+
+    step((1, [1]))
+    cluster.report(a, name, [1], 1)
+    cluster.rotate_now(name, "hygiene")
+    step((1, [1, 2]))
+    cluster.report(a, name, [1, 2], 1)
+    step((2, [1, 2]))
+    cluster.report(a, name, [1, 2], 2)
+    step((2, [2]))
+    cluster.core.delete_namespaced_secret(contract.secret_name(name), cluster.namespace)
+    step((3, [3]))
+    cluster.core.patch_namespaced_secret(
+        contract.secret_name(name), cluster.namespace,
+        {"data": {"manifest.json": base64.b64encode(b"{not json").decode()}})
+    step((4, [4]))
+    wait_for(lambda: "KeySecretCorrupted" in cluster.event_reasons(name), 15, "Event")
+    cluster.delete_tunnel(name)
+    wait_for(lambda: cluster.tunnel_gone(name), 20, "tunnel deleted")
+    op.stop()
+
+    output = op.log.read_bytes()
+    assert b'"message"' in output and b"staged key generation 2" in output  # JSON, verbose
+    events = " ".join(f"{e.reason} {e.message}" for e in cluster.events(name)).encode()
+    assert b"KeySecretRecreated" in events
+    metrics_and_status = str(cluster.custom.list_cluster_custom_object(
+        contract.GROUP, contract.VERSION, contract.TUNNEL_PLURAL)).encode()
+    assert len(seen) == 5
+    for key in seen:
+        for form in (key, key.hex().encode(), key.hex().upper().encode(),
+                     base64.b64encode(key), base64.urlsafe_b64encode(key),
+                     base64.b64encode(key).rstrip(b"=")):
+            for where, text in (("log", output), ("events", events),
+                                ("tunnels", metrics_and_status)):
+                assert form not in text, f"key material in {where}"
