@@ -5,6 +5,7 @@ and replies captured from a real kernel decode to the objects we expect.
 
 from __future__ import annotations
 
+import errno
 import pathlib
 
 import pytest
@@ -77,3 +78,22 @@ def test_sa_repr_never_shows_key_bytes():
     sa = GCM128
     assert KEY20.hex() not in repr(sa) and str(KEY20) not in repr(sa)
     assert 'rfc4106' in repr(sa)
+
+
+@pytest.mark.parametrize(('code', 'msg_type', 'exc', 'text'), [
+    (errno.EPERM, constants.XFRM_MSG_NEWSA, errors.PermissionDenied, 'need CAP_NET_ADMIN'),
+    (errno.EEXIST, constants.XFRM_MSG_NEWSA, errors.SaExists, 'already exists'),
+    (errno.ESRCH, constants.XFRM_MSG_UPDSA, errors.NoSuchSa, 'no such object'),
+    (errno.EPROTONOSUPPORT, constants.XFRM_MSG_NEWSA, errors.AlgorithmUnsupported,
+     'lacks esp4/rfc4106(gcm(aes))'),
+    (errno.EEXIST, constants.XFRM_MSG_NEWPOLICY, errors.PolicyExists, 'already exists'),
+    (errno.ENOENT, constants.XFRM_MSG_DELPOLICY, errors.NoSuchPolicy, 'no such object'),
+    (errno.ENOENT, constants.XFRM_MSG_ALLOCSPI, errors.SpiRangeExhausted, 'no free SPI'),
+    (errno.EINVAL, constants.XFRM_MSG_NEWSA, errors.InvalidRequest, 'invalid parameters'),
+    (errno.ENOMEM, constants.XFRM_MSG_NEWSA, errors.XfrmError, 'ENOMEM'),
+])
+def test_errno_maps_to_a_named_exception(code, msg_type, exc, text):
+    obj = GCM128 if msg_type != constants.XFRM_MSG_NEWPOLICY else POLICY_OUT
+    err = errors.from_errno(code, msg_type, obj)
+    assert type(err) is exc and err.errno == code and err.obj is obj
+    assert text in str(err) and str(obj) in str(err)

@@ -35,6 +35,7 @@ from kube_ipsec.xfrm import (
     SpiRangeExhausted,
     Template,
     bypass_socket,
+    reconcile,
 )
 from kube_ipsec.xfrm.model import AlgKind, Algorithm
 from tests.netns import veth_pair
@@ -168,3 +169,23 @@ def test_bypassed_socket_passes_a_catch_all_block_policy():
         finally:
             for s in (rx, plain, ike):
                 s.close()
+
+
+async def test_reconcile_on_the_real_kernel_is_minimal_and_idempotent(kernel, ns):
+    ip_xfrm(ns, 'policy', 'add', 'src', '10.8.0.1/32', 'dst', '10.8.0.2/32', 'dir', 'out',
+            'tmpl', 'src', '10.8.0.1', 'dst', '10.8.0.2', 'proto', 'esp', 'reqid', str(FOREIGN))
+    stale = Policy(Selector.hosts(B, A), Dir.IN, (Template(B, A, REQID),), priority=0x6B690100)
+    await kernel.add_policy(stale)
+    await kernel.add_policy(out_policy(spi=0xD0000001))
+    desired = [
+        out_policy(spi=0xD0000002),
+        Policy(Selector.hosts(A, B, proto=17, dport=4789), Dir.FWD,
+               (Template(A, B, REQID, optional=True),), priority=0x6B690200),
+        Policy(Selector.hosts('0.0.0.0/0', '0.0.0.0/0'), Dir.OUT, action=Action.BLOCK,
+               priority=0x6B69FFFF),
+    ]
+    done = await reconcile(kernel, policies=desired)
+    assert done.updated_policies == desired[:1] and done.added_policies == desired[1:]
+    assert done.deleted_policies == [stale]
+    assert not await reconcile(kernel, policies=desired)  # what the kernel dumps == desired
+    assert 'reqid 42' in ip_xfrm(ns, 'policy', 'list')
