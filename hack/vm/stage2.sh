@@ -33,5 +33,6 @@ trap - ERR
 mapfile -d '' -t envv <"$ctl/env"
 mapfile -d '' -t argv <"$ctl/argv"
 cd "$(<"$ctl/cwd")" || finish 125
+read -r uptime _ </proc/uptime && echo "$uptime" >"$ctl/started"
 env -i -- "${envv[@]}" "${argv[@]}" >>"$ctl/out" 2>>"$ctl/err" </dev/null
 finish $?

@@ -269,8 +269,9 @@ def run(args: argparse.Namespace) -> int:
                   f"console tail:\n{console_tail(ctl)}", file=sys.stderr)
             return 125
         if args.verbose:
-            print(f"vmrun: {version}, {elapsed:.1f}s wall\n{console_tail(ctl, 400)}",
-                  file=sys.stderr)
+            started = (ctl / "started").read_text().strip()
+            print(f"{console_tail(ctl, 400)}\nvmrun: kernel {version}; command started at "
+                  f"{started}s guest uptime; {elapsed:.1f}s wall in all", file=sys.stderr)
         return int(rc_file.read_text())
 
 
