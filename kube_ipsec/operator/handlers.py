@@ -7,8 +7,8 @@ funnels into :meth:`Operator.trigger`:
 * kopf's change handlers on IPsecTunnel (create, spec/annotation update, resume at start-up),
 * a per-tunnel timer (``--resync-interval``): due rotations, acknowledgement timeouts, Node
   label changes,
-* IPsecNode changes, for the tunnels the node reports on (acknowledgements advance a rotation
-  at once rather than at the next tick),
+* IPsecNode changes to a tunnel's entry (acknowledgements advance a rotation at once rather
+  than at the next tick; heartbeats alone trigger nothing),
 * key Secret changes (a deleted or damaged Secret is restored at once).
 
 Triggers are serialised per tunnel and coalesced: while one reconciliation runs, any number of
@@ -30,7 +30,7 @@ import kopf
 import kubernetes
 
 from kube_ipsec import contract
-from kube_ipsec.operator import nodes, reconcile, secrets
+from kube_ipsec.operator import reconcile, secrets
 from kube_ipsec.operator.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Operator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: set[str] = set()
         self._highest: dict[str, int] = {}
+        self._reports: dict[str, dict[str, Any]] = {}  # IPsecNode -> its tunnel entries
 
     async def trigger(self, name: str) -> None:
         """Reconcile tunnel ``name`` soon; coalesces with a run already waiting."""
@@ -120,6 +121,15 @@ class Operator:
             key_generation=outcome.status.get("keyGeneration"),
             acknowledged=int(outcome.status.get("nodes", {}).get("acknowledged", 0)),
         )
+
+    def reported_tunnels_changed(self, node: str, body: Mapping[str, Any] | None) -> set[str]:
+        """Tunnels whose entry in IPsecNode ``node`` changed (agent heartbeats alone do not)."""
+        entries = {e.get("name"): e for e in ((body or {}).get("status") or {}).get("tunnels")
+                   or [] if e.get("name")}
+        before = self._reports.pop(node, {})
+        if body is not None:
+            self._reports[node] = copy.deepcopy(entries)
+        return {t for t in entries.keys() | before.keys() if entries.get(t) != before.get(t)}
 
     def _one(self, index: str, key: str) -> Any:
         store = self.indexes[index].get(key)
@@ -211,10 +221,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
                                       delay=cfg.resync_interval) from None
 
     @kopf.on.event(*IPSEC_NODES, id="ipsecnode-changed", registry=registry)
-    async def ipsec_node_changed(body: kopf.Body, **_: Any) -> None:
+    async def ipsec_node_changed(name: str, type: str, body: kopf.Body, **_: Any) -> None:
+        tunnels = op.reported_tunnels_changed(name, None if type == "DELETED" else body)
         known = op.indexes["tunnels_index"]
-        names = [t for t in nodes.tunnels_reported(body) if t in known]
-        await asyncio.gather(*(op.trigger(t) for t in names))
+        await asyncio.gather(*(op.trigger(t) for t in tunnels if t in known))
 
     @kopf.on.event(*SECRETS, id="keysecret-changed", labels=KEY_SECRET_LABELS,
                    registry=registry)

@@ -55,7 +55,3 @@ def reports(
         ))
     return result
 
-
-def tunnels_reported(ipsec_node: Mapping[str, Any]) -> list[str]:
-    """The tunnels an IPsecNode speaks about (whose rotation its changes may advance)."""
-    return [e["name"] for e in (ipsec_node.get("status") or {}).get("tunnels") or [] if "name" in e]
