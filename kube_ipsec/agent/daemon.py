@@ -151,6 +151,9 @@ class Daemon:
     async def _status_loop(self) -> None:
         assert self.api is not None
         writer = status.StatusWriter(self.api, self.options.node_name)
+        loop = asyncio.get_running_loop()
+        written: dict[str, object] | None = None
+        written_at = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_due.wait(), self.options.status_interval)
@@ -158,8 +161,12 @@ class Daemon:
             body = self.render()
             if body is None:
                 continue
+            unchanged = written == {**body, "heartbeat": None}
+            if unchanged and loop.time() - written_at < self.options.status_interval:
+                continue  # DPD and retransmissions change nothing worth a write
             try:
                 await writer.write(body)
+                written, written_at = {**body, "heartbeat": None}, loop.time()
             except Exception as exc:  # the API may be down: keep trying, never crash
                 log.warning("status update failed: %s", exc)
                 writer.forget()

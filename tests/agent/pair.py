@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+from typing import Any
 
 from kube_ipsec.agent import desired, peers
 from kube_ipsec.xfrm.fake import FakeKernel
+from kube_ipsec.xfrm.kernel import Kernel
 from tests.agent import helpers
 
 ADDRESSES = {"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.3"}
@@ -31,10 +33,10 @@ def seeded_random(seed: int):
 
 
 class Agent:
-    def __init__(self, name: str, link: dict[str, Agent], kernel: FakeKernel | None = None,
-                 linger: float = 0.05) -> None:
-        self.name, self.address = name, ADDRESSES[name]
-        self.kernel = kernel or FakeKernel()
+    def __init__(self, name: str, link: dict[str, Agent], kernel: Kernel | None = None,
+                 linger: float = 0.05, address: str | None = None) -> None:
+        self.name, self.address = name, address or ADDRESSES[name]
+        self.kernel: Any = kernel or FakeKernel()
         self.link = link
         self.sent: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.blocked = False
