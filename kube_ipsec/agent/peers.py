@@ -512,10 +512,9 @@ class PeerManager:
                 peer.active = None
                 peer.state.child_state = status.CHILD_NONE
         await _quietly(self.kernel.delete_sa(inst.outbound))
-        if peer.active is not None:
-            self._later(self._delete_after(inst.inbound, self.linger))  # packets in flight
-        else:
-            await _quietly(self.kernel.delete_sa(inst.inbound))
+        # the inbound SA only decrypts: keep it for packets in flight (and for a peer that
+        # restarted, whose new Child SA is negotiated while it still sends under the old one)
+        self._later(self._delete_after(inst.inbound, self.linger))
         _set_spis(peer)
 
     async def _delete_after(self, sa: xm.SA, delay: float) -> None:

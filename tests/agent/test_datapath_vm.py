@@ -5,7 +5,9 @@ through NetlinkKernel:
 - the kernel accepts every policy and SA the agent derives (transport and tunnel mode, ESN,
   replay window 1024) and ping crosses the wire as ESP with exactly the negotiated SPIs;
 - before the pair is up, the policies fail closed: ping does not get through in plaintext;
-- re-authentication under a new key generation moves traffic to new SPIs with no lost ping.
+- re-authentication under a new key generation moves traffic to new SPIs with no lost ping;
+- tunnel mode encrypts pod-CIDR traffic (node IPs outside) and leaves node traffic alone;
+- an agent restart (adopting the kernel state) under ping loses nothing.
 """
 
 import asyncio
@@ -75,3 +77,46 @@ async def test_reauthentication_under_ping_loses_nothing(tmp_path):
                              and a.state("node-b").key_generation == 2, 60)
             assert await pinger, "a ping was lost during re-authentication"
             assert set(b.state("node-a").spis_in) - old
+
+
+async def test_tunnel_mode_encrypts_pod_cidr_traffic(tmp_path):
+    with veth_pair() as pair:
+        for ns, mine, peer_net, via in ((pair.left, "10.244.0.1", "10.244.1.0/24", pair.right_ip),
+                                        (pair.right, "10.244.1.1", "10.244.0.0/24", pair.left_ip)):
+            pair.run(ns, "ip", "addr", "add", f"{mine}/32", "dev", "lo")
+            pair.run(ns, "ip", "route", "add", peer_net, "via", via, "src", mine)
+        tunnel = helpers.tunnel("pods", mode="tunnel")
+        async with agents(pair, tunnel) as (a, b, apply):
+            apply({"pods": helpers.keyset()})
+            await eventually(lambda: up(a, "node-b", "pods") and up(b, "node-a", "pods"), 60)
+            with capture(pair.right, pair.right_if, tmp_path / "p.pcap", direction="in") as cap:
+                assert await ping(pair, pair.left, "10.244.1.1")
+            spis = set(cap.esp_spis())
+            assert spis and spis <= set(b.state("node-a", "pods").spis_in)
+            # node-to-node traffic is not part of a pod-CIDR tunnel: it stays plaintext
+            with capture(pair.right, pair.right_if, tmp_path / "n.pcap", direction="in") as cap:
+                assert await ping(pair, pair.left, pair.right_ip)
+            assert not cap.esp()
+
+
+async def test_agent_restart_under_ping_loses_nothing():
+    with veth_pair() as pair:
+        tunnel = helpers.tunnel("mesh")
+        async with agents(pair, tunnel) as (a, b, apply):
+            keys = {"mesh": helpers.keyset()}
+            apply(keys)
+            await eventually(lambda: up(a, "node-b") and up(b, "node-a"), 60)
+            old = set(b.state("node-a").spis_in)
+            pinger = asyncio.create_task(ping(pair, pair.left, pair.right_ip, 25))
+            await asyncio.sleep(1)
+            await b.stop()  # SAs and policies stay in the kernel
+            await asyncio.sleep(1)
+            b2 = Agent("node-b", a.link, NetlinkKernel(pair.right), address=pair.right_ip,
+                       linger=0.5)
+            await b2.start()
+            b2.apply([tunnel], keys, [helpers.node("node-a", pair.left_ip),
+                                      helpers.node("node-b", pair.right_ip)])
+            await eventually(lambda: up(b2, "node-a")
+                             and set(b2.state("node-a").spis_in).isdisjoint(old), 60)
+            assert await pinger, "a ping was lost across the agent restart"
+            await b2.stop()

@@ -3,8 +3,9 @@ with a FakeKernel and its own IKE engine, over a fake link:
 
 - a pair comes up: policies go in before any SA, inbound before outbound, then the out policy
   is pinned to the outbound SPI; both kernels agree on the SPIs; status shows it;
-- a new current key generation makes the initiator re-authenticate; the new IKE SA's child is
-  switched to before the old SAs go (make-before-break), and both report the new generation;
+- a staged generation (above current) is accepted but not used; once it becomes current the
+  initiator re-authenticates; the new IKE SA's child is switched to before the old SAs go
+  (make-before-break), and both report the new generation;
 - a removed peer's SAs and policies are deleted;
 - a restarted agent adopts the kernel state, keeps traffic on it until a new Child SA is up,
   then removes the old SAs; state nobody wants is removed;
@@ -27,8 +28,8 @@ MESH = [helpers.tunnel("mesh")]
 TWO_NODES = [helpers.node("node-a", "10.0.0.1"), helpers.node("node-b", "10.0.0.2")]
 
 
-def up(agent: Agent, peer: str) -> bool:
-    st = agent.state(peer)
+def up(agent: Agent, peer: str, tunnel: str = "mesh") -> bool:
+    st = agent.state(peer, tunnel)
     return bool(st and st.ike_state == contract.IKE_ESTABLISHED
                 and st.child_state == contract.CHILD_INSTALLED)
 
@@ -87,7 +88,8 @@ async def test_pair_comes_up_with_policies_first_then_inbound_outbound_and_pin(p
 
 async def test_new_generation_reauthenticates_make_before_break(pair):
     a, b = pair
-    await bring_up(a, b, {"mesh": helpers.keyset(1, (1,))})
+    await bring_up(a, b, {"mesh": helpers.keyset(1, (1, 2))})  # 2 is staged: accepted only
+    assert a.state("node-b").key_generation == b.state("node-a").key_generation == 1
     old_out = out_policy(a).templates[0].spi
     ops_before = len(a.kernel.ops)
     keys = {"mesh": helpers.keyset(2, (1, 2))}
