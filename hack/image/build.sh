@@ -97,6 +97,16 @@ smoke_test() {
             log "FAILED: $ep --help"; printf '%s\n' "$out" | tail -5; failed=1
         fi
     done
+    # Every module imports: catches a runtime dependency that --help does not reach.
+    if out="$(run "$IMAGE" python -c 'import importlib, pkgutil, kube_ipsec
+mods = [m.name for m in pkgutil.walk_packages(kube_ipsec.__path__, "kube_ipsec.")
+        if not m.name.endswith("__main__")]
+for m in mods: importlib.import_module(m)
+print(len(mods))' 2>&1)"; then
+        log "ok: all $out modules import"
+    else
+        log "FAILED: importing the package"; printf '%s\n' "$out" | tail -5; failed=1
+    fi
     uid="$(run "$IMAGE" id -u)"
     [[ "$uid" != 0 ]] && log "ok: default user uid $uid" || { log "FAILED: runs as root"; failed=1; }
     local found
