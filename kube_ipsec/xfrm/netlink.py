@@ -51,6 +51,7 @@ class NetlinkEventStream:
     def __init__(self, netns: str | None) -> None:
         self._netns = netns
         self._sock: AsyncXfrmSocket | None = None
+        self._closed = False
         self._pending: list[Event] = []
 
     async def __aenter__(self) -> NetlinkEventStream:
@@ -59,9 +60,9 @@ class NetlinkEventStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
 
     def __aiter__(self) -> NetlinkEventStream:
         return self
@@ -70,6 +71,8 @@ class NetlinkEventStream:
         if self._sock is None:
             raise RuntimeError('enter the event stream (async with) before reading it')
         while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
             async for msg in self._sock.get():
                 if (event := decode_event(msg)) is not None:
                     self._pending.append(event)

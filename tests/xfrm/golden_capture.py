@@ -7,7 +7,11 @@ Every case runs ``ip xfrm ...`` under ``strace -e write=all`` in a fresh network
 request bytes are what we keep. Sequence number and port id are zeroed, as they differ per run.
 
 Reply fixtures (``*.reply.bin``, kernel → user) come from ``read=all`` on the same runs after
-``setup`` commands; they feed the decoding tests.
+``setup`` commands; they feed the decoding tests. Replies that need ESP (an SA dump) are
+captured inside the test VM, which may only write where vmrun allows:
+
+    bash hack/vm/vmrun --rwdir tests/xfrm/golden -- \
+        .venv/bin/python -m tests.xfrm.golden_capture --vm
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import re
 import shlex
 import struct
 import subprocess
+import sys
 import tempfile
 
-from tests.xfrm.golden_cases import CASES, REPLIES
+from tests.xfrm.golden_cases import CASES, REPLIES, VM_REPLIES
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden'
 HEXLINE = re.compile(r'^ \| [0-9a-f]{5}  ')
@@ -66,18 +71,24 @@ def quote(args: str) -> str:
 
 
 def xfrm_messages(bufs: list[bytes]) -> list[bytes]:
-    """Keep XFRM messages (types 0x10..0x28) and NLMSG_DONE; ip's rtnetlink chatter goes."""
+    """Keep XFRM messages (types 0x10..0x28); drop any other netlink chatter of ip."""
     return [b for b in bufs if 0x10 <= struct.unpack_from('H', b, 4)[0] <= 0x28]
 
 
 def main() -> None:
-    GOLDEN.mkdir(exist_ok=True)
+    if '--vm' in sys.argv:
+        capture_replies(VM_REPLIES)
+        return
     for case in CASES:
         sent = xfrm_messages(strace_ip(case.setup, case.ip, ('sendmsg(', 'sendto(')))
         assert len(sent) == 1, (case.name, len(sent))
         (GOLDEN / f'{case.name}.bin').write_bytes(normalize(sent[0]))
         print(f'{case.name}: {len(sent[0])} bytes')
-    for name, (setup, args) in REPLIES.items():
+    capture_replies(REPLIES)
+
+
+def capture_replies(replies: dict[str, tuple[list[str], str]]) -> None:
+    for name, (setup, args) in replies.items():
         got = b''.join(strace_ip(setup, args, ('recvmsg(',)))
         (GOLDEN / f'{name}.reply.bin').write_bytes(got)
         print(f'{name}: {len(got)} bytes of replies')

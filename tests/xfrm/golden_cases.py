@@ -194,7 +194,11 @@ CASES: list[Case] = [
     Case('dumppolicy', 'policy list', lambda: codec.dump_policies()),
 ]
 
-# kernel replies, for the decoding tests: (setup commands, traced command)
+# kernel replies, for the decoding tests: (setup commands, traced command). REPLIES come from
+# the host kernel (no ESP), VM_REPLIES from the test VM's kernel (SAs install there).
+VM_REPLIES: dict[str, tuple[list[str], str]] = {
+    'sa_dump': ([CASES[0].ip, CASES[2].ip, CASES[3].ip, CASES[4].ip], 'state list'),
+}
 REPLIES: dict[str, tuple[list[str], str]] = {
     'policy_dump': (
         [CASES[11].ip, CASES[13].ip, CASES[14].ip, CASES[15].ip],

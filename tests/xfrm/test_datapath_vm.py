@@ -4,16 +4,18 @@ every SA and policy installed through kube_ipsec.xfrm with kernel-allocated SPIs
 * traffic (ping + a TCP transfer) flows; the wire shows ESP/AH with exactly our SPIs and no
   plaintext; ``ip xfrm state`` shows the parameters set; a dump reads back the SAs installed;
   per-SA counters equal ``ip -s xfrm state`` — for transport/tunnel, AES-GCM-128/256,
-  ChaCha20-Poly1305 with ESN, and AH HMAC-SHA-256;
+  ChaCha20-Poly1305 with ESN, AH HMAC-SHA-256, and ESP in UDP 4500 (NAT-T);
 * make-before-break: 20 consecutive ``switch_sa_pair`` under a 1000 packet/s UDP stream lose
   nothing and reorder nothing beyond the replay window;
 * fail-closed: with a template policy but no SA, and a catch-all block policy, nothing leaves
-  in plaintext and ACQUIREs arrive.
+  in plaintext and ACQUIREs arrive;
+* soft and hard EXPIRE events arrive for an SA's time limits, and the hard one removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import ipaddress
@@ -37,6 +39,9 @@ from kube_ipsec.xfrm import (
     Action,
     Algorithm,
     Dir,
+    Encap,
+    Expire,
+    Lifetime,
     Mode,
     NetlinkKernel,
     Policy,
@@ -44,6 +49,8 @@ from kube_ipsec.xfrm import (
     SaPair,
     Selector,
     Template,
+    bypass_socket,
+    enable_udp_encap,
     install_inbound,
     switch_sa_pair,
 )
@@ -70,13 +77,15 @@ class Suite:
     alg: Callable[[], Algorithm]
     esn: bool = False
     replay_window: int = 32
+    natt: bool = False
 
     def sa(self, src, dst, spi) -> SA:
         alg = self.alg()
         return SA(src, dst, spi, REQID, self.proto, self.mode,
                   aead=alg if self.proto is Proto.ESP else None,
                   auth=alg if self.proto is Proto.AH else None,
-                  replay_window=self.replay_window, esn=self.esn)
+                  replay_window=self.replay_window, esn=self.esn,
+                  encap=Encap() if self.natt else None)
 
 
 SUITES = [
@@ -88,6 +97,8 @@ SUITES = [
           lambda: Algorithm.chacha20_poly1305(os.urandom(36)), esn=True, replay_window=1024),
     Suite('ah-transport-sha256', Proto.AH, Mode.TRANSPORT,
           lambda: Algorithm.hmac_sha256(os.urandom(32), 128)),
+    Suite('esp-transport-gcm128-natt', Proto.ESP, Mode.TRANSPORT,
+          lambda: Algorithm.aes_gcm(os.urandom(20)), natt=True),
 ]
 
 
@@ -173,8 +184,15 @@ def wire_spis(text: str, proto: Proto) -> set[int]:
 
 @pytest.mark.parametrize('suite', SUITES, ids=[s.name for s in SUITES])
 async def test_sas_installed_here_carry_traffic(suite, tmp_path):
-    with veth_pair() as pair:
+    with veth_pair() as pair, contextlib.ExitStack() as sockets:
         left, right, lpair, rpair, _ = await establish(pair, suite)
+        if suite.natt:  # the IKE socket on 4500 is where the kernel decapsulates ESP-in-UDP
+            for ns, ip in ((pair.left, pair.left_ip), (pair.right, pair.right_ip)):
+                sock = sockets.enter_context(
+                    pr_netns.create_socket(ns, socket.AF_INET, socket.SOCK_DGRAM))
+                bypass_socket(sock)
+                enable_udp_encap(sock)
+                sock.bind((ip, 4500))
         try:
             # Each side's egress is the wire; ingress also shows tunnel-mode packets the
             # kernel re-injects after decryption, so filter on the sender's address.
@@ -187,6 +205,7 @@ async def test_sas_installed_here_carry_traffic(suite, tmp_path):
             for cap, sa in ((lcap, lpair.outbound), (rcap, rpair.outbound)):
                 text = cap.text()
                 assert wire_spis(text, suite.proto) == {sa.spi}
+                assert ('UDP-encap' in text) == suite.natt
                 if suite.proto is Proto.ESP:
                     assert 'ICMP' not in text and 'Flags [' not in text, 'plaintext on the wire'
 
@@ -298,3 +317,22 @@ async def test_fail_closed_without_sa_sends_nothing_in_plaintext(tmp_path):
     assert cap.text().strip() == '', 'plaintext left the node'
     assert isinstance(event, Acquire) and event.template.reqid == REQID
     assert event.template.dst == right_ip
+
+
+async def test_soft_then_hard_expire_events_arrive():
+    with veth_pair() as pair:
+        kernel = NetlinkKernel(pair.left)
+        left, right = ipaddress.ip_address(pair.left_ip), ipaddress.ip_address(pair.right_ip)
+        sa = dataclasses.replace(SUITES[0].sa(left, right, 0xD0000100),
+                                 lifetime=Lifetime(soft_seconds=1, hard_seconds=3))
+        try:
+            async with kernel.events() as events:
+                await kernel.add_sa(sa)
+                soft = await asyncio.wait_for(anext(events), 30)
+                hard = await asyncio.wait_for(anext(events), 30)
+            remaining = await kernel.dump_sas()
+        finally:
+            await kernel.close()
+    assert soft == Expire(sa.id, REQID, hard=False)
+    assert hard == Expire(sa.id, REQID, hard=True)
+    assert remaining == []

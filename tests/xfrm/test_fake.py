@@ -103,16 +103,20 @@ async def test_switch_sa_pair_is_make_before_break():
     async def sleep(seconds):
         lingered.append((seconds, set(k.sas)))
 
-    policy = await switch_sa_pair(k, old, new, out_policy(spi=0x2001), linger=3, sleep=sleep)
+    policy = await switch_sa_pair(k, old, new, out_policy(spi=0x2001), linger=3, grace=0.1,
+                                  sleep=sleep)
 
     assert [op for op, _ in k.ops] == [
         'update_sa', 'add_sa', 'update_policy', 'delete_sa', 'delete_sa']
     assert k.ops[0][1] == new.inbound and k.ops[1][1] == new.outbound
     assert policy.templates[0].spi == 0x2002 and k.policies[policy.id] == policy
     assert k.ops[3][1] == old.outbound.id and k.ops[4][1] == old.inbound.id
+    # during the grace, packets routed before the switch may still use the old outbound SA;
     # while lingering, the old inbound SA still decrypts packets in flight
-    (seconds, during), = lingered
-    assert seconds == 3 and k._key(old.inbound) in during
+    (grace, in_grace), (linger, in_linger) = lingered
+    assert (grace, linger) == (0.1, 3)
+    assert k._key(old.outbound) in in_grace and k._key(old.outbound) not in in_linger
+    assert k._key(old.inbound) in in_linger
     assert set(k.sas) == {k._key(new.inbound), k._key(new.outbound)}
 
 
