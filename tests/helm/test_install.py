@@ -48,9 +48,10 @@ def release(apiserver: APIServer) -> Iterator[Release]:
         )
     helm = [helm_binary(), "--kubeconfig", str(apiserver.kubeconfig)]
     # The fixture already created our CRDs (same content, another field manager); helm's
-    # server-side apply takes them over instead of failing on the conflict.
+    # server-side apply takes them over instead of failing on the conflict. Likewise a
+    # peering object "kube-ipsec" left by an operator run in the same API server.
     out = _run([*helm, "install", RELEASE, str(CHART), "--namespace", namespace,
-                "--force-conflicts",
+                "--force-conflicts", "--take-ownership",
                 "--set", f"exampleTunnel.enabled=true,exampleTunnel.name={TUNNEL}"])
     assert out.returncode == 0, out.stdout + out.stderr
     try:
