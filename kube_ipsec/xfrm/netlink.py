@@ -154,7 +154,9 @@ class NetlinkKernel:
 
     async def dump_policies(self) -> list[Policy]:
         replies = await self.request(codec.dump_policies(), 'policy dump')
-        return [codec.decode_policy(m) for m in replies]
+        # Per-socket policies (ours on the IKE sockets among them) come back with
+        # dir = XFRM_POLICY_MAX + dir; they belong to sockets, not to the SPD we manage.
+        return [codec.decode_policy(m) for m in replies if m['dir'] < c.XFRM_POLICY_MAX]
 
     async def flush_owned(self) -> tuple[int, int]:
         return await reconcile.flush_owned(self)
