@@ -144,13 +144,39 @@ class Side:
 def _responder(conn: Connection, host: str, peer_host: str) -> None:
     side = Side(host, peer_host, initiator=False)
     conn.send("ready")
-    while not conn.poll():
+    while True:
         side.poll(0.05)
-    conn.recv()
-    conn.send((side.children, side.failed, len(side.kernel.installed)))
+        if conn.poll():
+            if conn.recv() == "cpu":
+                conn.send(time.process_time())
+            else:
+                conn.send((side.children, side.failed, len(side.kernel.installed)))
+                return
 
 
-def run_ours(n: int, window: int) -> tuple[float, str]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (the whole thread group) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    n: int
+    wall: float  # seconds for n handshakes
+    cpu: float  # CPU seconds of both sides meanwhile
+    detail: str
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.wall
+
+    @property
+    def per_cpu(self) -> float:
+        return self.n / self.cpu
+
+
+def run_ours(n: int, window: int) -> Result:
     here, there = "127.0.0.1", "127.0.0.2"
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
@@ -172,19 +198,22 @@ def run_ours(n: int, window: int) -> tuple[float, str]:
         return time.monotonic() - start
 
     handshakes(window)  # warm-up, not counted
+    parent.send("cpu")
+    cpu = -time.process_time() - parent.recv()
     elapsed = handshakes(n)
+    parent.send("cpu")
+    cpu += time.process_time() + parent.recv()
     parent.send("stop")
     children, failed, installed = parent.recv()
     responder.join(10)
     total = n + window
     if (children, failed, installed) != (total, 0, total):
         raise RuntimeError(f"responder saw {children} Child SAs, {failed} failures")
-    return n / elapsed, (f"{n} handshakes in {elapsed:.2f} s, window {window}; responder "
-                         f"installed {installed} Child SAs, retransmits "
-                         f"{side.engine.stats.retransmits}")
+    return Result(n, elapsed, cpu, f"responder installed {installed} Child SAs, retransmits "
+                                   f"{side.engine.stats.retransmits}")
 
 
-def run_strongswan(n: int, window: int) -> tuple[float, str]:
+def run_strongswan(n: int, window: int) -> Result:
     # every initiate a new IKE SA (by default charon reuses an established one for the child)
     extra = (f"ikesa_table_size = 1024\n  ikesa_table_segments = 16\n  reuse_ikesa = no\n"
              f"  cookie_threshold_ip = {NO_COOKIES}\n  block_threshold = {NO_COOKIES}\n"
@@ -229,12 +258,15 @@ def run_strongswan(n: int, window: int) -> tuple[float, str]:
                     sock.close()
 
             threads = [threading.Thread(target=worker) for _ in range(window)]
+            pids = [c.proc.pid for c in (left, right) if c.proc is not None]
+            cpu = -sum(cpu_seconds(pid) for pid in pids)
             start = time.monotonic()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.monotonic() - start
+            cpu += sum(cpu_seconds(pid) for pid in pids)
             if errors:
                 raise RuntimeError(f"strongSwan handshakes failed: {errors[0]!r}")
             established = len(right.established())
@@ -245,8 +277,8 @@ def run_strongswan(n: int, window: int) -> tuple[float, str]:
             right.stop()
     if established != n + 1:
         raise RuntimeError(f"responder charon has {established} IKE SAs, expected {n + 1}")
-    return n / elapsed, (f"{n} handshakes in {elapsed:.2f} s, window {window}; responder has "
-                         f"{established} IKE SAs, Child SAs {mode}-in-UDP via kernel-libipsec")
+    return Result(n, elapsed, cpu, f"responder has {established} IKE SAs, Child SAs {mode}-in-UDP"
+                                   f" via kernel-libipsec")
 
 
 def main() -> None:
@@ -255,18 +287,20 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="handshakes in flight (default 8)")
     parser.add_argument("--only", choices=("ours", "strongswan"))
     args = parser.parse_args()
-    rates = {}
-    if args.only in (None, "ours"):
-        rates["ours"], detail = run_ours(args.n, args.window)
-        print(f"ours (kube_ipsec.ike, 2 processes, loopback): {rates['ours']:8.1f} handshakes/s"
-              f"  ({detail})", flush=True)
-    if args.only in (None, "strongswan"):
-        rates["strongswan"], detail = run_strongswan(args.n, args.window)
-        print(f"strongSwan 5.9.8 (2 charons, veth):           {rates['strongswan']:8.1f} "
-              f"handshakes/s  ({detail})", flush=True)
-    if len(rates) == 2:
-        print(f"ratio ours/strongSwan: {rates['ours'] / rates['strongswan']:.2f}x "
-              f"(target >= 2x)")
+    print(f"{args.n} handshakes each, {args.window} in flight; load average before: "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    results = {}
+    runs = (("ours", "ours (kube_ipsec.ike, 2 processes, loopback)", run_ours),
+            ("strongswan", "strongSwan 5.9.8 (2 charons, veth)", run_strongswan))
+    for key, label, run in runs:
+        if args.only in (None, key):
+            r = results[key] = run(args.n, args.window)
+            print(f"{label:46} {r.rate:8.1f} handshakes/s wall ({r.wall:.2f} s), "
+                  f"{r.per_cpu:8.1f} per CPU-second ({r.cpu:.2f} CPU-s); {r.detail}", flush=True)
+    if len(results) == 2:
+        ours, theirs = results["ours"], results["strongswan"]
+        print(f"ratio ours/strongSwan: {ours.rate / theirs.rate:.2f}x wall-clock rate, "
+              f"{ours.per_cpu / theirs.per_cpu:.2f}x per CPU-second (target >= 2x)")
 
 
 if __name__ == "__main__":
