@@ -37,14 +37,16 @@ test-unit: venv
 test-apiserver: venv k8s
 	$(PY) -m pytest -m 'apiserver and not vm' $(PYTEST_ARGS)
 
-test-vm: deps venv
-	bash hack/vm/vmrun --net --timeout 2400 -- $(abspath $(PY)) -m pytest -p no:cacheprovider \
+test-vm: deps venv k8s  # hostside: apiserver + operator on the host for tests/e2e/test_lab.py
+	$(PY) hack/lab/hostside.py -- bash hack/vm/vmrun --net --timeout 2400 \
+		--rwdir $(abspath .vm-out) --rwdir $(abspath .lab) -- $(abspath $(PY)) -m pytest -p no:cacheprovider \
 		-p no:hypothesispytest -m 'vm or interop' $(PYTEST_ARGS)
 
 test: deps venv k8s lint test-unit test-apiserver test-vm
 
 demo: deps venv k8s
-	$(PY) -m kube_ipsec.lab
+	$(PY) hack/lab/hostside.py -- bash hack/vm/vmrun --net --timeout 1800 \
+		--rwdir $(abspath .lab) -- $(abspath $(PY)) hack/lab/demo.py
 
 image:  # the container image with podman (not part of test); see hack/image/build.sh
 	bash hack/image/build.sh
