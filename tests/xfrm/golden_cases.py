@@ -51,6 +51,16 @@ SEL_AB = Selector.hosts(A, B)
 TMPL_AB = Template(A, B, REQID, spi=0xD0000001)
 POLICY_OUT = Policy(SEL_AB, Dir.OUT, (TMPL_AB,), priority=0x6B690100)
 GCM128 = SA(A, B, 0xD0000001, REQID, aead=Algorithm.aes_gcm(KEY20), replay_window=32)
+GCM256_TUNNEL_ESN = SA(
+    A, B, 0xD0000002, REQID, mode=Mode.TUNNEL, aead=Algorithm.aes_gcm(KEY36),
+    replay_window=1024, esn=True, mark=Mark(0x100, 0xFF00),
+)
+CHACHA_NATT = SA(
+    A, B, 0xD0000003, REQID, aead=Algorithm.chacha20_poly1305(KEY36),
+    replay_window=64, encap=Encap(4500, 4500),
+    lifetime=Lifetime(1000000, 2000000, 1000, 2000, 3000, 3600),
+)
+AH96 = SA(A, B, 0xD0000004, REQID, proto=Proto.AH, auth=Algorithm.hmac_sha256(KEY32, 96))
 
 def policy_in_tunnel_mark() -> Policy:
     return Policy(
@@ -92,10 +102,7 @@ CASES: list[Case] = [
         f'state add src {A} dst {B} proto esp spi 0xd0000002 reqid {REQID} mode tunnel'
         f' replay-window 1024 flag esn mark 0x100 mask 0xff00'
         f' aead rfc4106(gcm(aes)) {hexkey(KEY36)} 128',
-        lambda: codec.newsa(SA(
-            A, B, 0xD0000002, REQID, mode=Mode.TUNNEL, aead=Algorithm.aes_gcm(KEY36),
-            replay_window=1024, esn=True, mark=Mark(0x100, 0xFF00),
-        )),
+        lambda: codec.newsa(GCM256_TUNNEL_ESN),
     ),
     Case(
         'newsa_chacha20_encap_lifetimes',
@@ -105,20 +112,13 @@ CASES: list[Case] = [
         f' limit byte-soft 1000000 limit byte-hard 2000000'
         f' limit packet-soft 1000 limit packet-hard 2000'
         f' limit time-soft 3000 limit time-hard 3600',
-        lambda: codec.newsa(SA(
-            A, B, 0xD0000003, REQID, aead=Algorithm.chacha20_poly1305(KEY36),
-            replay_window=64, encap=Encap(4500, 4500),
-            lifetime=Lifetime(1000000, 2000000, 1000, 2000, 3000, 3600),
-        )),
+        lambda: codec.newsa(CHACHA_NATT),
     ),
     Case(
         'newsa_ah_sha256_96',
         f'state add src {A} dst {B} proto ah spi 0xd0000004 reqid {REQID} mode transport'
         f' replay-window 32 auth-trunc hmac(sha256) {hexkey(KEY32)} 96',
-        lambda: codec.newsa(SA(
-            A, B, 0xD0000004, REQID, proto=Proto.AH,
-            auth=Algorithm.hmac_sha256(KEY32, 96),
-        )),
+        lambda: codec.newsa(AH96),
     ),
     Case(
         'newsa_ah_sha256_128_v6',

@@ -14,8 +14,11 @@ from kube_ipsec.xfrm import codec, constants, errors
 from kube_ipsec.xfrm.model import SaId
 from kube_ipsec.xfrm.msgs import MarshalXfrm
 from tests.xfrm.golden_cases import (
+    AH96,
     CASES,
+    CHACHA_NATT,
     GCM128,
+    GCM256_TUNNEL_ESN,
     KEY20,
     POLICY_OUT,
     REQID,
@@ -50,6 +53,14 @@ def test_policy_dump_from_the_kernel_decodes_to_the_policies_installed():
     expected = {POLICY_OUT, policy_in_tunnel_mark(), policy_fwd_v6(), policy_block()}
     assert set(dumped) == expected
     assert all(p.index for p in dumped)  # kernel-assigned, not part of equality
+
+
+def test_sa_dump_from_a_kernel_with_esp_decodes_to_the_sas_installed():
+    """Captured in the test VM: ``ip xfrm state add`` x4, then the dump ``ip`` received."""
+    dumped = [codec.decode_sa(m) for m in replies('sa_dump')
+              if m['header']['type'] == constants.XFRM_MSG_NEWSA]
+    assert set(dumped) == {GCM128, GCM256_TUNNEL_ESN, CHACHA_NATT, AH96}
+    assert all(sa.counters is not None and sa.counters.add_time for sa in dumped)
 
 
 def test_allocspi_reply_is_a_larval_sa_with_an_spi_in_range():
