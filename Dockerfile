@@ -10,10 +10,16 @@ FROM ${BASE} AS build
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The dependencies' wheels first, in a layer of their own that only pyproject.toml invalidates
+# (an empty package and README stand in for ours), so a code change rebuilds in seconds.
+RUN mkdir kube_ipsec && touch kube_ipsec/__init__.py README.md \
+ && pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && rm -r kube_ipsec README.md /wheels/kube_ipsec-*.whl
+COPY README.md ./
 COPY kube_ipsec/ kube_ipsec/
-# Our wheel and every dependency's, then an offline install of exactly those.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+# Our wheel, then an offline install of exactly these wheels; pip itself is not shipped.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip install --no-cache-dir --no-index --find-links /wheels kube-ipsec \
  && pip uninstall -y -q pip \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
