@@ -220,6 +220,19 @@ class Engine:
                     and other.established_at <= sa.created_at):
                 other.destroy(events.Reason.REPLACED, now)
 
+    def owner_of(self, sa: IkeSa, child: Child) -> IkeSa | None:
+        for other in self._by_id.values():
+            if other.remote[0] == sa.remote[0] and other.children.get(child.spi_in) is child:
+                return other
+        return None
+
+    def child_by_spi_out(self, sa: IkeSa, spi: int) -> tuple[IkeSa, Child] | None:
+        """A Child SA with the peer, wherever an IKE rekey has moved it."""
+        for other in [sa, *self._by_id.values()]:
+            if other.remote[0] == sa.remote[0] and (child := other.child_by_spi_out(spi)):
+                return other, child
+        return None
+
     def has_established_with(self, sa: IkeSa) -> bool:
         return any(o is not sa and o.remote[0] == sa.remote[0] and o.established_at is not None
                    for o in self._by_id.values())

@@ -52,6 +52,19 @@ class TaskManager:
         return isinstance(self.active, cls) or any(
             isinstance(t, cls) for t in [t for _, t in self.queued] + self.waiting_spi)
 
+    def migrate(self, successor: IkeSa, now: float, active: bool = False) -> None:
+        """Hand our pending Child SA work to the IKE SA that took over the Child SAs."""
+        pending = [(0.0, self.active)] if active and self.active is not None else []
+        pending += self.queued + [(0.0, t) for t in self.waiting_spi]
+        self.queued, self.waiting_spi = [], []
+        for not_before, task in pending:
+            moved = task.migrate(successor)
+            if moved is not None:
+                successor.mgr.queue(moved)
+            elif task is not self.active:
+                self.queued.append((not_before, task))
+        successor.mgr.initiate(now)
+
     def initiate(self, now: float) -> None:
         """Start the next queued task if nothing is in flight."""
         while self.active is None and self.sa.state.value != "destroyed":

@@ -90,6 +90,7 @@ class IkeSa:
     last_inbound: float = 0.0
     rekey_at: float | None = None
     rekeyed_at: float | None = None  # REKEYED: when the successor took over
+    successor: IkeSa | None = None  # REKEYED: the IKE SA that holds our Child SAs now
     replaces: int | None = None
     announced: bool = False  # IkeSaEstablished/IkeSaRekeyed was emitted for it
     delete_reason: events.Reason = events.Reason.LOCAL
@@ -194,7 +195,23 @@ class IkeSa:
             times.append(self.last_inbound + self.peer.dpd_delay)
         if self.state == IkeState.REKEYED and self.rekeyed_at is not None:
             times.append(self.rekeyed_at + self.engine.config.half_open_timeout)
+        orphan = self._orphan_since()
+        if orphan is not None:
+            times.append(orphan + self.engine.config.half_open_timeout)
         return min(times) if times else None
+
+    def _orphan_since(self) -> float | None:
+        """A rekey collision made this SA but nobody adopted it (its delete got lost)."""
+        if self.state == IkeState.ESTABLISHED and not self.announced:
+            return self.established_at
+        return None
+
+    def accepts_child_requests(self) -> bool:
+        """False while the IKE SA is being rekeyed or deleted, or is a collision's new SA not
+        yet holding the Child SAs: TEMPORARY_FAILURE."""
+        active = self.mgr.active
+        return self.state == IkeState.ESTABLISHED and self.announced and not (
+            active is not None and active.blocks_child_requests)
 
     def on_timer(self, now: float) -> None:
         from kube_ipsec.ike.tasks import child_rekey, dpd, ike_rekey
@@ -207,6 +224,10 @@ class IkeSa:
         if self.state == IkeState.REKEYED and self.rekeyed_at is not None and (
                 now >= self.rekeyed_at + self.engine.config.half_open_timeout):
             self.destroy(events.Reason.REKEYED, now)  # the peer never sent its DELETE
+            return
+        orphan = self._orphan_since()
+        if orphan is not None and now >= orphan + self.engine.config.half_open_timeout:
+            self.destroy(events.Reason.REDUNDANT, now)
             return
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey_at = None
@@ -228,6 +249,8 @@ class IkeSa:
         """Forget the SA; every Child SA still owned is reported deleted first."""
         if self.state == IkeState.DESTROYED:
             return
+        if self.successor is not None and self.successor.state != IkeState.DESTROYED:
+            self.mgr.migrate(self.successor, now, active=True)
         for child in list(self.children.values()):
             self.remove_child(child, events.Reason.IKE_DELETED)
         was_established = self.established_at is not None
@@ -243,6 +266,10 @@ class IkeSa:
             if c.spi_out == spi:
                 return c
         return None
+
+    def owner_of(self, child: Child) -> IkeSa:
+        """The IKE SA that holds ``child`` now: an IKE rekey may have moved it."""
+        return self.engine.owner_of(self, child) or self
 
     def remove_child(self, child: Child, reason: events.Reason) -> None:
         if self.children.pop(child.spi_in, None) is not None and child.announced:

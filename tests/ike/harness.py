@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 from collections.abc import Callable
 
 from kube_ipsec import ike
@@ -84,6 +85,7 @@ class Pair:
         self.nat_map: dict[tuple[Address], int] = {}
         self.drop: Callable[[str, bytes, Address, Address], bool] = lambda *_: False
         self.duplicate: Callable[[str, bytes], bool] = lambda *_: False
+        self.reorder: random.Random | None = None  # shuffles each batch in flight
         self.sent: list[tuple[str, bytes, Address, Address]] = []
         self.delivered = 0
         for node in self.nodes():  # the agent keeps a pool filled from ALLOCSPI
@@ -127,6 +129,8 @@ class Pair:
                     batch += [(node, data, src, dst)] * copies
             if not batch:
                 return
+            if self.reorder is not None:
+                self.reorder.shuffle(batch)
             for node, data, src, dst in batch:
                 target, src2, dst2 = self._route(node, src, dst)
                 self.delivered += 1

@@ -29,10 +29,15 @@ class Obsolete(Exception):
 class Task:
     exchange: ClassVar[ExchangeType]
     priority: ClassVar[int]  # lower runs first, as in charon's initiate() order
+    blocks_child_requests: ClassVar[bool] = False  # in flight: peer's child requests must wait
 
     def __init__(self, sa: IkeSa, initiator: bool) -> None:
         self.sa = sa
         self.initiator = initiator
+
+    def migrate(self, sa: IkeSa) -> Task | None:
+        """This task redone on ``sa``, the successor of a rekeyed IKE SA; None: drop it."""
+        return None
 
     def build_i(self, msg: Message, now: float) -> None:
         raise NotImplementedError

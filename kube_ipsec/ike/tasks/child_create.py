@@ -113,6 +113,9 @@ class ChildCreate(Task):
         if self.announce:
             self.sa.engine.emit(events.ChildSaFailed(self.sa.id, notify, by_peer))
 
+    def migrate(self, sa: IkeSa) -> Task | None:
+        return None if self.in_auth or not self.announce else ChildCreate(sa, True)
+
     # -- initiator --------------------------------------------------------------------------
 
     def build_i(self, msg: Message, now: float) -> None:
@@ -188,6 +191,8 @@ class ChildCreate(Task):
 
     def process_r(self, msg: Message, now: float) -> None:
         sa = self.sa
+        if not self.in_auth and self.announce and not sa.accepts_child_requests():
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE)
         sa_pl, tsi, tsr = msg.get(pl.SA), msg.get(pl.TSi), msg.get(pl.TSr)
         if sa_pl is None or tsi is None or tsr is None:
             raise ProtocolError(NotifyType.INVALID_SYNTAX, "SA/TS missing")

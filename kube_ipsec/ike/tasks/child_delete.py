@@ -28,6 +28,9 @@ class ChildDelete(Task):
         self.child = child
         self.reason = reason
 
+    def migrate(self, sa: IkeSa) -> Task | None:
+        return ChildDelete(sa, True, self.child, self.reason)
+
     def build_i(self, msg: Message, now: float) -> None:
         child = self.child
         if self.sa.children.get(child.spi_in) is not child:
@@ -37,7 +40,7 @@ class ChildDelete(Task):
         msg.add(pl.Delete(child.protocol, [child.spi_in.to_bytes(4, "big")]))
 
     def process_i(self, msg: Message, now: float) -> Status:
-        self.sa.remove_child(self.child, self.reason)
+        self.sa.owner_of(self.child).remove_child(self.child, self.reason)
         return Status.SUCCESS
 
 
@@ -47,17 +50,19 @@ def delete_by_peer(sa: IkeSa, delete: pl.Delete) -> list[bytes]:
     for raw in delete.spis:
         if len(raw) != 4:
             continue
-        child = sa.child_by_spi_out(int.from_bytes(raw, "big"))
-        if child is None or child.protocol != delete.protocol:
+        found = sa.engine.child_by_spi_out(sa, int.from_bytes(raw, "big"))
+        if found is None or found[1].protocol != delete.protocol:
             continue
+        owner, child = found
         if child.state == ChildState.DELETING:
-            sa.remove_child(child, events.Reason.PEER)
+            owner.remove_child(child, events.Reason.PEER)
             continue
         answer.append(child.spi_in.to_bytes(4, "big"))
         successor = child.successor
-        if successor is not None and sa.children.get(successor.spi_in) is successor:
-            sa.engine.emit(events.ChildSaOutboundActivated(sa.id, successor.params))
-            sa.remove_child(child, events.Reason.REKEYED)
+        if successor is not None and sa.owner_of(successor).children.get(
+                successor.spi_in) is successor:
+            sa.engine.emit(events.ChildSaOutboundActivated(owner.id, successor.params))
+            owner.remove_child(child, events.Reason.REKEYED)
         else:
-            sa.remove_child(child, events.Reason.PEER)
+            owner.remove_child(child, events.Reason.PEER)
     return answer

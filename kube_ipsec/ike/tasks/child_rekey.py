@@ -40,6 +40,11 @@ class ChildRekey(Task):
         self.create: ChildCreate | None = None
         self.collision: ChildRekey | None = None  # the peer's rekey of the same SA
 
+    def migrate(self, sa: IkeSa) -> Task | None:
+        if self.old is not None and self.old.state == ChildState.REKEYING:
+            self.old.state = ChildState.INSTALLED
+        return ChildRekey(sa, True, self.old)
+
     # -- initiator --------------------------------------------------------------------------
 
     def build_i(self, msg: Message, now: float) -> None:
@@ -74,6 +79,7 @@ class ChildRekey(Task):
                 old.state = ChildState.INSTALLED
             return status
         new = create.child
+        sa = sa.owner_of(old)  # where the Child SAs live now
         if self.collision is not None and self.collision.create is not None and (
                 lost_collision(create, self.collision.create)):
             new.announced = False
@@ -100,6 +106,8 @@ class ChildRekey(Task):
         sa = self.sa
         notify = msg.notify(NotifyType.REKEY_SA)
         assert notify is not None
+        if not sa.accepts_child_requests():
+            raise ProtocolError(NotifyType.TEMPORARY_FAILURE)
         old = sa.child_by_spi_out(int.from_bytes(notify.spi, "big")) if len(
             notify.spi) == 4 else None
         if old is None:

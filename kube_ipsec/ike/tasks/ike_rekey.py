@@ -35,6 +35,7 @@ def _proposals(sa: IkeSa) -> tuple[IkeProposal, ...]:
 class IkeRekey(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
     priority = 6
+    blocks_child_requests = True
 
     def __init__(self, sa: IkeSa, initiator: bool) -> None:
         super().__init__(sa, initiator)
@@ -54,14 +55,16 @@ class IkeRekey(Task):
         return sa.engine.spawn_rekeyed(sa, self.initiator, spi_i, spi_r, self.selected, seed,
                                        self.ni, self.nr, now)
 
-    def _adopt(self, winner: IkeSa, now: float) -> None:
+    def adopt(self, winner: IkeSa, now: float) -> None:
         """Hand the Child SAs to ``winner`` and tell the shell."""
         sa = self.sa
         winner.children, sa.children = sa.children, {}
         winner.announced = True
         sa.state = IkeState.REKEYED
         sa.rekeyed_at = now
+        sa.successor = winner
         sa.rekey_at = None
+        sa.mgr.migrate(winner, now)
         assert winner.selected is not None
         sa.engine.stats.rekeys["ike"] += 1
         sa.engine.emit(events.IkeSaRekeyed(sa.id, winner.id, winner.local_spi, winner.remote_spi,
@@ -88,7 +91,7 @@ class IkeRekey(Task):
         if sa.state == IkeState.REKEYING:
             sa.state = IkeState.ESTABLISHED
         if self.collision is not None and self.collision.new_sa is not None:
-            self._adopt(self.collision.new_sa, now)  # the peer's rekey went through
+            self.adopt(self.collision.new_sa, now)  # the peer's rekey went through
             return
         sa.mgr.queue(IkeRekey(sa, True), now + sa.engine.retry_delay())
 
@@ -120,10 +123,10 @@ class IkeRekey(Task):
                 min(self.ni, self.nr) < min(theirs.ni, theirs.nr)):
             sa.engine.stats.failures["ike_rekey_collision_lost"] += 1
             new.mgr.queue(IkeDelete(new, True, events.Reason.REDUNDANT))
-            self._adopt(theirs.new_sa, now)  # the peer deletes the old SA
+            self.adopt(theirs.new_sa, now)  # the peer deletes the old SA
             new.mgr.initiate(now)
             return Status.SUCCESS
-        self._adopt(new, now)
+        self.adopt(new, now)
         sa.mgr.queue(IkeDelete(sa, True, events.Reason.REKEYED))
         return Status.SUCCESS
 
@@ -159,5 +162,5 @@ class IkeRekey(Task):
         msg.add(pl.SA([self.selected.proposal(self.spi)]), pl.Nonce(self.nr),
                 pl.KE(self.ke.group, self.ke.public))
         if self.sa.state == IkeState.ESTABLISHED:  # no collision: the new SA takes over now
-            self._adopt(self.new_sa, now)
+            self.adopt(self.new_sa, now)
         return Status.SUCCESS

@@ -38,10 +38,19 @@ class Informational(Task):
         for d in msg.get_all(pl.Delete):
             if d.protocol == ProtocolId.IKE:
                 self.delete_ike = True
+                self._peer_won_rekey(now)
             elif d.protocol in (ProtocolId.ESP, ProtocolId.AH) and not self.delete_ike:
                 spis = delete_by_peer(self.sa, d)
                 if spis:
                     self.answer.setdefault(d.protocol, []).extend(spis)
+
+    def _peer_won_rekey(self, now: float) -> None:
+        """Our IKE rekey is still in flight but the peer finished its own and deletes the old
+        SA: its rekey won, so the Child SAs go to the SA it created."""
+        active = self.sa.mgr.active
+        if (isinstance(active, IkeRekey) and self.sa.state == IkeState.REKEYING
+                and active.collision is not None and active.collision.new_sa is not None):
+            active.adopt(active.collision.new_sa, now)
 
     def build_r(self, msg: Message, now: float) -> Status:
         sa = self.sa
