@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 from typing import Any
 
 import prometheus_client
+import promql_parser
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
@@ -15,8 +15,6 @@ from tests.helm.chart import ALL_ON, find, render
 
 METRICS_MODULES = ("kube_ipsec.operator.metrics", "kube_ipsec.agent.metrics")
 PREFIXES = ("kube_ipsec_operator_", "kube_ipsec_agent_")
-# PromQL words that look like identifiers but are not metric names.
-_METRIC_RE = re.compile(r"\b(kube_ipsec_[a-z0-9_]+)\b")
 # The sample names a family of each type exposes (what PromQL can select).
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -82,8 +80,20 @@ def exported_names() -> set[str]:
     return {n for n in names if n.startswith(PREFIXES)}
 
 
+def _selected_metrics(expr: str) -> set[str]:
+    """Metric names an expression selects; parsing fails on invalid or ill-typed PromQL."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
 def _queried(exprs: list[str]) -> set[str]:
-    return {m for e in exprs for m in _METRIC_RE.findall(e)}
+    return {m for e in exprs for m in _selected_metrics(e)}
 
 
 def test_dashboard_is_grafana_dashboard_json() -> None:
@@ -109,18 +119,7 @@ def test_dashboard_is_grafana_dashboard_json() -> None:
         refs = [t["refId"] for t in panel["targets"]]
         assert refs and len(refs) == len(set(refs))
         for target in panel["targets"]:
-            _assert_balanced(target["expr"])
-
-
-def _assert_balanced(expr: str) -> None:
-    stack: list[str] = []
-    pairs = {")": "(", "]": "[", "}": "{"}
-    for char in re.sub(r'"[^"]*"', '""', expr):
-        if char in "([{":
-            stack.append(char)
-        elif char in pairs:
-            assert stack and stack.pop() == pairs[char], expr
-    assert not stack, expr
+            assert _selected_metrics(target["expr"]), target["expr"]
 
 
 def test_alerts_cover_the_failure_modes() -> None:
@@ -131,7 +130,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "KubeIPsecXfrmErrorsRising", "KubeIPsecIKEFailures", "KubeIPsecSeqHeadroomLow",
     } <= names
     for rule in rules:
-        _assert_balanced(rule["expr"])
+        assert _selected_metrics(rule["expr"]), rule["expr"]
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"]
     stuck = next(r for r in rules if r["alert"] == "KubeIPsecRotationStuck")
@@ -144,6 +143,17 @@ def test_every_queried_metric_covers_both_components() -> None:
     queried = _queried(_dashboard_exprs()) | _queried([r["expr"] for r in _alert_rules()])
     assert any(q.startswith("kube_ipsec_operator_") for q in queried)
     assert any(q.startswith("kube_ipsec_agent_") for q in queried)
+    assert all(q.startswith(PREFIXES) for q in queried), queried
+
+
+def test_promql_checks_reject_bad_queries() -> None:
+    """The checks above would notice a broken or ill-typed query, and find every selector."""
+    for bad in ("sum(rate(kube_ipsec_agent_peers[5m])", "kube_ipsec_agent_peers + on(x) 1"):
+        with pytest.raises(ValueError):
+            _selected_metrics(bad)
+    assert _queried(["a_total / on (tunnel) group_left max by (tunnel) (b)", "c{d=~'e'}"]) == {
+        "a_total", "b", "c"
+    }
 
 
 def test_dashboard_metrics_exist_in_code() -> None:
