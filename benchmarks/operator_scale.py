@@ -6,6 +6,7 @@ until every one reports ``KeysDistributed=True``. Prints:
 
 * the time until all tunnels have keys, against a reference measured in the same run: this
   client creating N Secrets itself, one request each (the least work N key Secrets can cost);
+* the operator's CPU time per tunnel (unlike wall time, not inflated by a busy machine);
 * API requests the operator made per tunnel, from the apiserver's ``apiserver_request_total``
   (the benchmark's own requests are counted and subtracted), by verb and resource;
 * requests per tunnel per minute while idle (steady state, resync every ``--resync``), less
@@ -54,6 +55,24 @@ def request_totals(server: APIServer) -> collections.Counter[tuple[str, str]]:
             totals[(labels.get("verb", ""), labels.get("resource", ""))] += int(
                 float(match.group(2)))
     return totals
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (load on a shared machine does not inflate it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(server: APIServer, quiet: float = 3.0, limit: float = 180.0) -> None:
+    """Wait until no tunnel is patched for ``quiet`` seconds (kopf's backlog drained)."""
+    deadline = time.monotonic() + limit
+    last = request_totals(server)[("PATCH", contract.TUNNEL_PLURAL)]
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = request_totals(server)[("PATCH", contract.TUNNEL_PLURAL)]
+        if now == last:
+            return
+        last = now
 
 
 def tunnel(name: str) -> dict[str, Any]:
@@ -114,6 +133,7 @@ def main() -> None:
         time.sleep(2)  # let its watches settle before counting
 
         before = request_totals(server)
+        cpu_before = cpu_seconds(operator.pid)
         own: collections.Counter[tuple[str, str]] = collections.Counter()
         started = time.monotonic()
         for i in range(n):
@@ -131,14 +151,16 @@ def main() -> None:
             if operator.poll() is not None:
                 raise SystemExit(f"operator exited:\n{log.read_text()[-3000:]}")
         elapsed = time.monotonic() - started
+        cpu_ready = cpu_seconds(operator.pid) - cpu_before
+        settle(server)  # kopf's own bookkeeping (finalizers, handler progress) may lag
         after = request_totals(server)
         by_kind = (after - before) - own
         total = sum(by_kind.values())
 
-        time.sleep(args.resync)  # let stragglers (Events, late status) land
         idle_start = request_totals(server)
         time.sleep(args.idle)
-        idle = sum((request_totals(server) - idle_start).values()) - baseline
+        idle_by_kind = request_totals(server) - idle_start
+        idle = sum(idle_by_kind.values()) - baseline
         secrets = len(core.list_namespaced_secret(
             "bench-op", label_selector=f"{contract.LABEL_COMPONENT}={contract.COMPONENT_KEYS}"
         ).items)
@@ -153,13 +175,17 @@ def main() -> None:
     print(f"tunnel creation requests took {created:.2f} s")
     print(f"all KeysDistributed after: {elapsed:.2f} s "
           f"(ratio to reference {elapsed / reference:.2f}x)")
-    print(f"operator API requests: {total} = {total / n:.2f} per tunnel")
+    print(f"operator CPU until all ready: {cpu_ready:.1f} s = "
+          f"{cpu_ready / n * 1000:.1f} ms per tunnel")
+    print(f"operator API requests (until quiet): {total} = {total / n:.2f} per tunnel")
     for (verb, resource), count in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {verb:7s} {resource or '(non-resource)':28s} {count:6d} "
               f"{count / n:6.2f}/tunnel")
     print(f"idle: {idle} requests in {args.idle:.0f} s = "
           f"{idle / n / (args.idle / 60):.3f} per tunnel per minute "
-          f"(resync every {args.resync:.0f} s)")
+          f"(resync every {args.resync:.0f} s; {baseline} background requests subtracted)")
+    for (verb, resource), count in sorted(idle_by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {verb:7s} {resource or '(non-resource)':28s} {count:6d}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class Operator:
         self._queued: set[str] = set()
         self._highest: dict[str, int] = {}
         self._reports: dict[str, dict[str, Any]] = {}  # IPsecNode -> its tunnel entries
+        # Tunnel -> (resourceVersion reconciled from, status written): a stale cache entry
+        # would otherwise cost a redundant status patch.
+        self._status: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     async def trigger(self, name: str) -> None:
         """Reconcile tunnel ``name`` soon; coalesces with a run already waiting."""
@@ -88,12 +91,17 @@ class Operator:
             self.reconciler.forget(name)
             self.metrics.forget_tunnel(name)
             self._highest.pop(name, None)
+            self._status.pop(name, None)
         self._locks.pop(name, None)
 
     async def _reconcile(self, name: str) -> None:
         body = self._one("tunnels_index", name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return
+        version = body["metadata"].get("resourceVersion")
+        written = self._status.get(name)
+        if written is not None and written[0] == version:
+            body = {**body, "status": written[1]}  # the cache has not seen our last patch yet
         inputs = reconcile.Inputs(
             body=body,
             secret=self._one("keysecrets_index", name),
@@ -109,6 +117,7 @@ class Operator:
             logger.error("Tunnel %s: reconciliation failed: %s", name, secrets.describe(exc))
             return
         self._highest[name] = max(self._highest.get(name, 0), outcome.highest)
+        self._status[name] = (version, outcome.status)
         for notice in outcome.notices:
             kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message)
         for duration in outcome.rotations_completed:

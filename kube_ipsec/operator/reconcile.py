@@ -6,8 +6,9 @@ of its watch caches (:class:`Inputs`). The steps:
 
 1. Parse the spec. An invalid one is reported (``Ready=False``, reason InvalidSpec, with a
    Warning Event once per distinct message) and nothing else is touched: no crash, no retry loop.
-2. Read the key Secret (cache first; a cache miss is confirmed with a GET, since the cache may
-   lag our own creation). Missing: create one. Unreadable: replace it, with a Warning Event.
+2. Read the key Secret (cache first; for a tunnel that had keys, a cache miss is confirmed
+   with a GET, since the cache may lag; a first creation just tries, AlreadyExists re-reads).
+   Missing: create one. Unreadable: replace it, with a Warning Event.
 3. Ask :func:`kube_ipsec.operator.rotation.plan` for the next step and apply it, until no step
    is left (with no nodes selected a whole rotation completes at once). A write that lost a race
    re-plans from a fresh read.
@@ -112,7 +113,9 @@ class Reconciler:
         reports = nodes.reports(name, spec.node_selector, node_labels=inputs.node_labels,
                                 ipsec_nodes=inputs.ipsec_nodes)
         request = (meta.get("annotations") or {}).get(contract.ANNOTATION_ROTATE_NOW)
-        secret_body = inputs.secret if inputs.secret is not None else self.store.get(name)
+        secret_body = inputs.secret
+        if secret_body is None and highest > 0:
+            secret_body = self.store.get(name)  # a cache miss may only be lag: confirm it
         stored = secrets.parse(secret_body)
         outcome = Outcome(status={})
         peer_psks, peer_problems = self._peer_psks(spec, stored.keys)
@@ -281,4 +284,5 @@ class Reconciler:
                       wanted: Mapping[str, Any]) -> None:
         patch = status.merge_patch(previous, wanted)
         if patch is not None:
+            logger.debug("Tunnel %s: status patch %s", name, patch)  # status holds no keys
             self.status_api.patch(name, patch)
