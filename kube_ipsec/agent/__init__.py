@@ -7,6 +7,7 @@ Modules, top-down (each with one job; the daemon wires them):
 - ``watchers``  list+watch of IPsecTunnels, Nodes and key Secrets over ``kube``; survives outages
 - ``desired``   pure: the cluster snapshot -> this node's desired peers
 - ``peers``     the IKE engine's events applied to the kernel in order, one ``Peer`` per peer
+- ``peerstate`` the per-peer data (policies, Child SAs in the kernel, status) ``peers`` keeps
 - ``translate`` pure: desired peers / Child SAs -> IKE config and XFRM policies/SAs
 - ``ikesocket`` the UDP 500/4500 sockets (XFRM bypass, UDP_ENCAP)
 - ``status``    the IPsecNode status (rendered purely) and its writer

@@ -19,6 +19,13 @@ outbound SA goes when it is deleted, its inbound one ``linger`` seconds later.
 Key rotation: when a tunnel's current generation differs from the one that authenticated the
 IKE SA, the pair's initiator re-authenticates (a new IKE SA under the new PSK, its Child SA
 installed and switched to, then the old IKE SA deleted — the engine does the last step).
+A responder answers IKE_AUTH before the initiator has installed its inbound SA, so a new IKE
+SA's child is switched to at once only by its initiator (or when nothing else carries
+traffic); a responder switches when the old child goes — after ``linger / 2`` if the old one
+vanished abruptly (the peer restarted and sent INITIAL_CONTACT): the restarted peer still
+decrypts the old SA meanwhile. ``tests/agent`` checks across both kernels that no side ever
+switches to an SPI its peer cannot decrypt yet.
+
 Restart: ``adopt`` reads what a previous agent left in the kernel; desired peers keep their
 reqid, policies (still pinned to the old SAs) and SAs, and this node initiates at once; the
 old SAs are removed when the new Child SA is up, and what no desired peer claims is removed
@@ -29,17 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from kube_ipsec import contract, ike
-from kube_ipsec.agent import metrics, status, translate
+from kube_ipsec.agent import metrics, peerstate, status, translate
 from kube_ipsec.agent.desired import Desired, DesiredPeer
 from kube_ipsec.ike import errors as ike_errors
 from kube_ipsec.xfrm import errors as xerrors
@@ -58,44 +63,6 @@ RETRY_MIN, RETRY_MAX = 2.0, 60.0
 ACQUIRE_GRACE = 10.0
 
 
-@dataclass
-class Installed:
-    ike_sa: int
-    inbound: xm.SA
-    outbound: xm.SA
-
-
-@dataclass
-class Peer:
-    """One desired peer: its policies, its Child SAs in the kernel, what status shows."""
-
-    want: DesiredPeer
-    reqid: int
-    policies: list[xm.Policy]
-    state: status.PeerState
-    children: dict[int, Installed] = field(default_factory=dict)  # by inbound SPI
-    active: int | None = None  # the child the out policies are pinned to
-    pending: list[int] = field(default_factory=list)  # installed, not switched to yet
-    ike_sas: dict[int, tuple[int, bool]] = field(default_factory=dict)  # id -> (gen, initiator)
-    connecting: int | None = None
-    adopted: list[xm.SA] = field(default_factory=list)
-    retries: int = 0
-    retry: asyncio.TimerHandle | None = None
-    added_at: float = 0.0
-
-    @property
-    def config(self) -> ike.PeerConfig:
-        return translate.peer_config(self.want)
-
-    @property
-    def current_ike(self) -> int | None:
-        return max(self.ike_sas) if self.ike_sas else None
-
-    def wants_to_initiate(self) -> bool:
-        return (self.want.initiate_generation is not None
-                and (self.want.initiator or bool(self.adopted)))
-
-
 class PeerManager:
     """Owns the engine and every ``Peer``; ``run()`` is the one task that touches them."""
 
@@ -110,8 +77,8 @@ class PeerManager:
         self.engine = ike.Engine(ike.EngineConfig(
             local_host=local_address, psk_provider=self._psks, peer_lookup=self._lookup,
             ike_port=ike_port, nat_t_port=natt_port), random)
-        self.peers: dict[PeerKey, Peer] = {}
-        self.owner: dict[int, Peer] = {}
+        self.peers: dict[PeerKey, peerstate.Peer] = {}
+        self.owner: dict[int, peerstate.Peer] = {}
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._found_policies: dict[xm.PolicyId, xm.Policy] = {}
@@ -149,6 +116,8 @@ class PeerManager:
                 self._retry(item[1], now)
             elif kind == "kernel":
                 self._kernel_event(item[1], now)
+            elif kind == "settle":
+                await self._settle(item[1])
             await self._flush(now)
 
     async def watch_kernel(self) -> None:
@@ -171,9 +140,9 @@ class PeerManager:
 
     async def _remove_unclaimed(self) -> None:
         for policy in self._found_policies.values():
-            await _quietly(self.kernel.delete_policy(policy))
+            await peerstate.quietly(self.kernel.delete_policy(policy))
         for sa in self._found_sas:
-            await _quietly(self.kernel.delete_sa(sa))
+            await peerstate.quietly(self.kernel.delete_sa(sa))
         if self._found_policies or self._found_sas:
             log.info("removed %d stale policies and %d stale SAs",
                      len(self._found_policies), len(self._found_sas))
@@ -207,7 +176,7 @@ class PeerManager:
             reqid += 1
         return reqid
 
-    async def _add(self, want: DesiredPeer) -> Peer:
+    async def _add(self, want: DesiredPeer) -> peerstate.Peer:
         fresh = translate.pair_policies(want, 0)
         claimed = [self._found_policies[p.id] for p in fresh if p.id in self._found_policies]
         reqids = {t.reqid for p in claimed for t in p.templates}
@@ -215,13 +184,13 @@ class PeerManager:
         policies = []
         for p in translate.pair_policies(want, reqid):
             found = self._found_policies.pop(p.id, None)
-            if found is not None and _unpinned(found) == p:
+            if found is not None and peerstate.unpinned(found) == p:
                 policies.append(found)  # still pinned to the SAs that carry traffic now
             else:
                 policies.append(p)
         bypass = translate.bypass_policies(want.local_address, want.remote_address,
                                            self.bypass_ports)
-        peer = Peer(want, reqid, policies, status.PeerState(
+        peer = peerstate.Peer(want, reqid, policies, status.PeerState(
             want.tunnel, want.name, want.remote_address, external=want.external))
         peer.adopted = [s for s in self._found_sas if s.reqid == reqid]
         self._found_sas = [s for s in self._found_sas if s.reqid != reqid]
@@ -232,12 +201,12 @@ class PeerManager:
             await self.kernel.update_policy(p)
         if peer.adopted:
             peer.state.child_state = contract.CHILD_INSTALLED
-            _set_spis(peer)
+            peerstate.set_spis(peer)
         log.info("peer %s/%s at %s: reqid 0x%x, %d policies, %d adopted SAs", want.tunnel,
                  want.name, want.remote_address, reqid, len(policies), len(peer.adopted))
         return peer
 
-    async def _remove(self, peer: Peer, now: float) -> None:
+    async def _remove(self, peer: peerstate.Peer, now: float) -> None:
         log.info("peer %s/%s removed", peer.want.tunnel, peer.want.name)
         if peer.retry:
             peer.retry.cancel()
@@ -248,17 +217,17 @@ class PeerManager:
         bypass = translate.bypass_policies(peer.want.local_address, peer.want.remote_address,
                                            self.bypass_ports)
         for p in [*peer.policies, *bypass]:
-            await _quietly(self.kernel.delete_policy(p))
-        for inst in peer.children.values():
-            await _quietly(self.kernel.delete_sa(inst.outbound))
-            await _quietly(self.kernel.delete_sa(inst.inbound))
+            await peerstate.quietly(self.kernel.delete_policy(p))
+        for inst in [*peer.children.values(), *([peer.orphan] if peer.orphan else [])]:
+            await peerstate.quietly(self.kernel.delete_sa(inst.outbound))
+            await peerstate.quietly(self.kernel.delete_sa(inst.inbound))
         for sa in peer.adopted:
-            await _quietly(self.kernel.delete_sa(sa))
+            await peerstate.quietly(self.kernel.delete_sa(sa))
         metrics.SA_COUNTERS.forget_peer(peer.want.tunnel, peer.want.name)
         with contextlib.suppress(KeyError):
             metrics.LAST_IKE_SUCCESS.remove(peer.want.tunnel, peer.want.name)
 
-    def _maybe_initiate(self, peer: Peer, now: float) -> None:
+    def _maybe_initiate(self, peer: peerstate.Peer, now: float) -> None:
         gen = peer.want.initiate_generation
         current = peer.current_ike
         if current is None:
@@ -274,12 +243,12 @@ class PeerManager:
             self.owner[peer.connecting] = peer
             metrics.REKEYS.labels("reauth").inc()
 
-    def _initiate(self, peer: Peer, now: float) -> None:
+    def _initiate(self, peer: peerstate.Peer, now: float) -> None:
         peer.connecting = self.engine.initiate(peer.config, now)
         self.owner[peer.connecting] = peer
         peer.state.ike_state = status.IKE_CONNECTING
 
-    def _schedule_retry(self, peer: Peer) -> None:
+    def _schedule_retry(self, peer: peerstate.Peer) -> None:
         if peer.retry is not None or not peer.wants_to_initiate():
             return
         delay = min(RETRY_MIN * 2 ** peer.retries, RETRY_MAX)
@@ -320,7 +289,7 @@ class PeerManager:
 
     # -- engine callbacks -------------------------------------------------------------------
 
-    def _by_remote(self, host: str) -> Peer | None:
+    def _by_remote(self, host: str) -> peerstate.Peer | None:
         return next((p for p in self.peers.values() if p.want.remote_address == host), None)
 
     def _lookup(self, remote_host: str) -> ike.PeerConfig | None:
@@ -439,7 +408,7 @@ class PeerManager:
                  peer.want.tunnel, peer.want.name, event.psk_generation,
                  "initiator" if event.initiator else "responder")
 
-    def _ike_down(self, peer: Peer, event: ike.IkeSaDeleted) -> None:
+    def _ike_down(self, peer: peerstate.Peer, event: ike.IkeSaDeleted) -> None:
         self.owner.pop(event.ike_sa, None)
         peer.ike_sas.pop(event.ike_sa, None)
         if peer.connecting == event.ike_sa:
@@ -455,22 +424,28 @@ class PeerManager:
 
     # -- kernel effects ---------------------------------------------------------------------
 
-    async def _child_up(self, peer: Peer, child: ike.ChildSa, ike_sa: int,
+    async def _child_up(self, peer: peerstate.Peer, child: ike.ChildSa, ike_sa: int,
                         pin: bool | None) -> None:
         inbound, outbound = translate.kernel_pair(child, peer.reqid)
         await switch.install_inbound(self.kernel, inbound)
         await self.kernel.add_sa(outbound)
-        peer.children[child.spi_in] = Installed(ike_sa, inbound, outbound)
-        if pin is None:  # a new IKE SA's first child: switch now unless the peer must first
-            _, we_initiated = peer.ike_sas.get(ike_sa, (0, True))  # install its inbound SA
-            pin = peer.active is None or we_initiated
+        _, we_initiated = peer.ike_sas.get(ike_sa, (0, True))
+        if pin is not None:  # a rekey: the core says whether we may switch now
+            we_initiated = pin
+        loop = asyncio.get_running_loop()
+        peer.children[child.spi_in] = peerstate.Installed(ike_sa, inbound, outbound, loop.time(),
+                                                we_initiated)
+        if pin is None:
+            # A new IKE SA's first child. As its responder we answer before the initiator
+            # has installed its inbound SA: switch only if nothing else can carry traffic.
+            pin = we_initiated or (peer.active is None and peer.orphan is None)
         if pin:
             await self._switch(peer, child.spi_in)
         else:
             peer.pending.append(child.spi_in)
-        _set_spis(peer)
+        peerstate.set_spis(peer)
 
-    async def _switch(self, peer: Peer, spi_in: int) -> None:
+    async def _switch(self, peer: peerstate.Peer, spi_in: int) -> None:
         inst = peer.children.get(spi_in)
         if inst is None:
             return
@@ -478,6 +453,9 @@ class PeerManager:
         peer.active = spi_in
         if spi_in in peer.pending:
             peer.pending.remove(spi_in)
+        if peer.orphan is not None:
+            await peerstate.quietly(self.kernel.delete_sa(peer.orphan.outbound))
+            peer.orphan = None
         peer.state.child_state = contract.CHILD_INSTALLED
         if peer.adopted:  # a restart's leftovers: replaced now
             old, peer.adopted = peer.adopted, []
@@ -485,41 +463,66 @@ class PeerManager:
                 if ipaddress.ip_address(peer.want.local_address) == sa.dst:
                     self._later(self._delete_after(sa, self.linger))
                 else:
-                    await _quietly(self.kernel.delete_sa(sa))
-        _set_spis(peer)
+                    await peerstate.quietly(self.kernel.delete_sa(sa))
+        peerstate.set_spis(peer)
 
-    async def _pin(self, peer: Peer, outbound: xm.SA | None) -> None:
+    async def _pin(self, peer: peerstate.Peer, outbound: xm.SA | None) -> None:
         pinned = []
         for p in peer.policies:
             if p.dir is xm.Dir.OUT:
                 p = (switch.pin_outbound(p, outbound) if outbound is not None
-                     else _unpinned(p))
+                     else peerstate.unpinned(p))
                 await self.kernel.update_policy(p)
             pinned.append(p)
         peer.policies = pinned
 
-    async def _child_down(self, peer: Peer, spi_in: int) -> None:
+    async def _child_down(self, peer: peerstate.Peer, spi_in: int) -> None:
         inst = peer.children.pop(spi_in, None)
         if spi_in in peer.pending:
             peer.pending.remove(spi_in)
         if inst is None:
             return
-        if peer.active == spi_in:
-            if peer.pending:
-                await self._switch(peer, peer.pending[-1])
-            else:
-                await self._pin(peer, None)  # nothing left: back to fail-closed
-                peer.active = None
-                peer.state.child_state = status.CHILD_NONE
-        await _quietly(self.kernel.delete_sa(inst.outbound))
         # the inbound SA only decrypts: keep it for packets in flight (and for a peer that
         # restarted, whose new Child SA is negotiated while it still sends under the old one)
         self._later(self._delete_after(inst.inbound, self.linger))
-        _set_spis(peer)
+        if peer.active != spi_in:
+            await peerstate.quietly(self.kernel.delete_sa(inst.outbound))
+            peerstate.set_spis(peer)
+            return
+        loop = asyncio.get_running_loop()
+        successor = peer.children.get(peer.pending[-1]) if peer.pending else None
+        settle = self.linger / 2
+        if successor is not None and (successor.we_initiated
+                                      or loop.time() - successor.installed_at >= settle):
+            await self._switch(peer, peer.pending[-1])
+            await peerstate.quietly(self.kernel.delete_sa(inst.outbound))
+        else:
+            # Gone (a restarted peer's INITIAL_CONTACT, a dead peer) with no successor the peer
+            # can decrypt yet: keep sending under it a moment. A restarted peer still holds
+            # the matching inbound SA; a dead one loses nothing more.
+            if peer.orphan is not None:
+                await peerstate.quietly(self.kernel.delete_sa(peer.orphan.outbound))
+            peer.active, peer.orphan = None, inst
+            loop.call_later(settle, self.queue.put_nowait, ("settle", peer.want.key))
+        peerstate.set_spis(peer)
+
+    async def _settle(self, key: PeerKey) -> None:
+        """An orphan's grace is over: switch to the newest successor, or fail closed."""
+        peer = self.peers.get(key)
+        if peer is None or peer.orphan is None:
+            return
+        if peer.pending:
+            await self._switch(peer, peer.pending[-1])
+            return
+        await self._pin(peer, None)
+        await peerstate.quietly(self.kernel.delete_sa(peer.orphan.outbound))
+        peer.orphan = None
+        peer.state.child_state = status.CHILD_NONE
+        peerstate.set_spis(peer)
 
     async def _delete_after(self, sa: xm.SA, delay: float) -> None:
         await asyncio.sleep(delay)
-        await _quietly(self.kernel.delete_sa(sa))
+        await peerstate.quietly(self.kernel.delete_sa(sa))
 
     def _later(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -544,24 +547,3 @@ class PeerManager:
                 peer.want.tunnel, peer.want.name, "in" if sa.dst == local else "out", sa.spi,
                 sa.counters.bytes, sa.counters.packets, sa.counters.oseq, sa.esn))
         metrics.SA_COUNTERS.update(samples)
-
-
-def _unpinned(policy: xm.Policy) -> xm.Policy:
-    return dataclasses.replace(
-        policy, templates=tuple(dataclasses.replace(t, spi=0) for t in policy.templates))
-
-
-def _set_spis(peer: Peer) -> None:
-    local = ipaddress.ip_address(peer.want.local_address)
-    adopted_in = [s.spi for s in peer.adopted if s.dst == local]
-    adopted_out = [s.spi for s in peer.adopted if s.dst != local]
-    peer.state.spis_in = [i.inbound.spi for i in peer.children.values()] + adopted_in
-    peer.state.spis_out = [i.outbound.spi for i in peer.children.values()] + adopted_out
-
-
-async def _quietly(op: Any) -> None:
-    """Deleting what vanished meanwhile (expired, deleted by the peer's DELETE) is fine."""
-    try:
-        await op
-    except (xerrors.NoSuchSa, xerrors.NoSuchPolicy):
-        pass

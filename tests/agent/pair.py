@@ -32,6 +32,38 @@ def seeded_random(seed: int):
     return random
 
 
+class Journal(list):
+    """A kernel's op log that also appends, tagged, to one log shared by all kernels."""
+
+    def __init__(self, tag: str, shared: list) -> None:
+        super().__init__()
+        self.tag, self.shared = tag, shared
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.shared.append((self.tag, *item))
+
+
+def pins_precede_peer_inbound(shared: list, addresses: dict[str, str]) -> list[str]:
+    """A switch of the out policy from SPI y to x towards P must follow P's install of
+    inbound SA x (the first pin has nothing to switch from: before it, nothing passes).
+
+    Returns the violations (empty when make-before-break held across the pair)."""
+    installed: set[tuple[str, int]] = set()
+    pinned: dict[tuple[str, str], int] = {}
+    problems = []
+    for tag, op, obj in shared:
+        if op in ("add_sa", "update_sa") and str(obj.dst) == addresses[tag]:
+            installed.add((str(obj.dst), obj.spi))
+        if op == "update_policy" and obj.templates and obj.dir.name == "OUT":
+            spi, dst = obj.templates[0].spi, str(obj.templates[0].dst)
+            before = pinned.get((tag, dst), 0)
+            if spi and before and spi != before and (dst, spi) not in installed:
+                problems.append(f"{tag} switched to 0x{spi:08x} before {dst} could decrypt it")
+            pinned[(tag, dst)] = spi
+    return problems
+
+
 class Agent:
     def __init__(self, name: str, link: dict[str, Agent], kernel: Kernel | None = None,
                  linger: float = 0.05, address: str | None = None) -> None:

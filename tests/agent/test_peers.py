@@ -11,7 +11,9 @@ with a FakeKernel and its own IKE engine, over a fake link:
   then removes the old SAs; state nobody wants is removed;
 - the API server port is bypassed with plaintext policies, consulted before the pair's;
 - an SA that expires hard in the kernel is replaced by a new Child SA;
-- an ACQUIRE makes the pair's responder initiate, but only after a grace period.
+- an ACQUIRE makes the pair's responder initiate, but only after a grace period;
+- across the pair, no side pins its out policy to an SPI before the other side installed the
+  inbound SA for it — on first contact, re-authentication and restart (one shared journal).
 """
 
 import asyncio
@@ -22,7 +24,7 @@ from kube_ipsec import contract
 from kube_ipsec.agent import peers, status, translate
 from kube_ipsec.xfrm import model as xm
 from tests.agent import helpers
-from tests.agent.pair import Agent, eventually
+from tests.agent.pair import ADDRESSES, Agent, Journal, eventually, pins_precede_peer_inbound
 
 MESH = [helpers.tunnel("mesh")]
 TWO_NODES = [helpers.node("node-a", "10.0.0.1"), helpers.node("node-b", "10.0.0.2")]
@@ -206,3 +208,28 @@ async def test_acquire_makes_the_responder_initiate_only_after_a_grace_period(pa
     b.manager.peers[("mesh", "node-a")].added_at -= peers.ACQUIRE_GRACE
     b.kernel.emit(acquire)
     await eventually(lambda: b.sent)  # IKE_SA_INIT towards node-a
+
+
+async def test_no_side_switches_before_the_other_can_decrypt_on_reauth_and_restart():
+    shared: list = []
+    link: dict = {}
+    a, b = Agent("node-a", link), Agent("node-b", link)
+    a.kernel.ops, b.kernel.ops = Journal("node-a", shared), Journal("node-b", shared)
+    await a.start()
+    await b.start()
+    await bring_up(a, b, {"mesh": helpers.keyset(1, (1,))})
+    keys = {"mesh": helpers.keyset(2, (1, 2))}
+    a.apply(MESH, keys, TWO_NODES)
+    b.apply(MESH, keys, TWO_NODES)
+    await eventually(lambda: a.state("node-b").key_generation == 2 and up(b, "node-a")
+                     and len(b.manager.peers[("mesh", "node-a")].ike_sas) == 1)
+    kernel = b.kernel
+    await b.stop()
+    b2 = Agent("node-b", link, kernel=kernel)
+    await b2.start()
+    b2.apply(MESH, keys, TWO_NODES)
+    await eventually(lambda: up(b2, "node-a") and not b2.manager.peers[("mesh", "node-a")].adopted)
+    await eventually(lambda: a.manager.peers[("mesh", "node-b")].orphan is None)
+    assert pins_precede_peer_inbound(shared, ADDRESSES) == []
+    await a.stop()
+    await b2.stop()
