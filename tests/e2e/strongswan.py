@@ -84,10 +84,10 @@ def peer_conn(local: str, remote: str, *, mode: str = "transport",
               proposals: str = "aes256gcm16-prfsha256-x25519",
               esp_proposals: str = "aes256gcm16-esn,aes256gcm16-noesn",
               local_ts: str = "dynamic", remote_ts: str = "dynamic",
-              rekey_time: str = "0", dpd_delay: str = "0s",
-              encap: str = "no") -> dict[str, Any]:
+              rekey_time: str = "0", dpd_delay: str = "0s", encap: str = "no",
+              local_id: str | None = None, remote_id: str | None = None) -> dict[str, Any]:
     """The vici form of one swanctl connection ``peer`` with Child SA ``node`` (PSK, IDs =
-    addresses). Rekeying on its own is off (rekey_time 0): the tests say when to rekey."""
+    addresses unless given). Rekeying on its own is off (rekey_time 0): tests say when."""
     return {CONN: {
         "version": "2",
         "local_addrs": [local],
@@ -100,8 +100,8 @@ def peer_conn(local: str, remote: str, *, mode: str = "transport",
         "mobike": "no",  # otherwise charon floats IKE to 4500 after IKE_SA_INIT
         "fragmentation": "no",
         "unique": "never",
-        "local": {"auth": "psk", "id": local},
-        "remote": {"auth": "psk", "id": remote},
+        "local": {"auth": "psk", "id": local_id or local},
+        "remote": {"auth": "psk", "id": remote_id or remote},
         "children": {CHILD: {
             "mode": mode,
             "local_ts": local_ts.split(","),

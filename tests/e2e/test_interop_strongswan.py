@@ -11,25 +11,34 @@ transport mode, AES-GCM-256, x25519, PSK, one charon for the whole module:
 * dead peer detection: charon killed, our side reports PeerDead after short retransmits and
   removes the SAs;
 * a wrong PSK is refused with AUTHENTICATION_FAILED on both sides (our counters, charon's log),
-  whoever initiates; an IKE or ESP proposal mismatch gives NO_PROPOSAL_CHOSEN.
+  whoever initiates; an IKE or ESP proposal mismatch gives NO_PROPOSAL_CHOSEN;
+* the node agent's own peer workers (kube_ipsec.agent.peers, charon as an external peer with
+  FQDN identities and the tunnel spec's defaults, PFS on rekey) come up whoever initiates,
+  carry ping as ESP with the SPIs their status reports, and lose no ping over charon's rekey.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import vici.exception
+from pyroute2 import netns as pr_netns
 
-from kube_ipsec import ike
-from kube_ipsec.xfrm import NetlinkKernel
+from kube_ipsec import contract, ike
+from kube_ipsec.agent import desired, peers
+from kube_ipsec.xfrm import NetlinkKernel, bypass_socket
 from tests.e2e.endpoint import Endpoint
 from tests.e2e.strongswan import Charon, peer_conn, quiet_ipv6
 from tests.netns import Pair, capture, run, veth_pair
@@ -123,6 +132,12 @@ async def our_sas(ep: Endpoint) -> dict[int, int]:
             for sa in await ep.kernel.dump_sas() if sa.aead or sa.auth}
 
 
+def xfrm_errors(ns: str) -> dict[str, int]:
+    """The non-zero counters of /proc/net/xfrm_stat in ``ns`` (why the kernel dropped)."""
+    out = run("cat", "/proc/net/xfrm_stat", ns=ns).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines()) if v != "0"}
+
+
 def charon_kernel_spis(ns: str) -> set[int]:
     out = run("ip", "xfrm", "state", ns=ns).stdout
     return {int(w, 16) for line in out.splitlines() if "spi " in line
@@ -209,6 +224,10 @@ async def test_child_and_ike_rekey_under_a_1000pps_stream_each_way_lose_nothing(
             to_left = stop_stream(send_r, recv_l)
     new = rekeyed.new
     print(f"rekeys by {initiator}: ours->charon {to_right}, charon->ours {to_left}")
+    print("ESP on the wire (src, spi): packets, highest seq:", {
+        k: (n, max(e.seq for e in cap.esp() if (e.src, e.spi) == k))
+        for k, n in collections.Counter((e.src, e.spi) for e in cap.esp()).items()})
+    print("kernel drops: ours", xfrm_errors(p.left), "charon", xfrm_errors(p.right))
     assert rekeyed.old.spi_in == first.spi_in
     assert rekeyed.outbound_active is (initiator == "ours")
     if initiator == "charon":
@@ -335,3 +354,90 @@ async def test_proposal_mismatch_gives_no_proposal_chosen(
     assert ("received NO_PROPOSAL_CHOSEN notify" in log if initiator == "charon"
             else "N(NO_PROP)" in log)
     assert ours.of(ike.ChildSaEstablished) == [] and await our_sas(ours) == {}
+
+
+# -- the agent's own peer workers -----------------------------------------------------------
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, manager: peers.PeerManager, local: tuple[str, int]) -> None:
+        self.manager, self.local = manager, local
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.manager.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
+
+
+@pytest.fixture
+async def agent(wire: Wire) -> AsyncIterator[peers.PeerManager]:
+    """The agent's PeerManager in the left namespace on a bypassed UDP socket (port 500)."""
+    if wire.charon.proc is None:
+        wire.charon.start()
+    p = wire.pair
+    kernel = NetlinkKernel(p.left)
+    sock = pr_netns.create_socket(p.left, socket.AF_INET, socket.SOCK_DGRAM)
+    bypass_socket(sock)
+    sock.bind((p.left_ip, 500))
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.DatagramTransport] = []
+    manager = peers.PeerManager(kernel, lambda data, _src, dst: transports[0].sendto(data, dst),
+                                local_address=p.left_ip, linger=1.0)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Socket(manager, (p.left_ip, 500)), sock=sock)
+    transports.append(transport)
+    await manager.adopt()
+    task = asyncio.create_task(manager.run())
+    try:
+        yield manager
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        transport.close()
+        await asyncio.sleep(0)
+        await kernel.flush_owned()
+        await kernel.close()
+        wire.charon.terminate_all()
+
+
+def external_peer(pair: Pair, initiator: bool) -> desired.Desired:
+    """charon as the tunnel's external peer 'gw', with the spec's defaults (x25519, AES-GCM-256,
+    ESN, PFS); IDs are FQDNs as the agent uses them."""
+    peer = desired.DesiredPeer(
+        tunnel="mesh", name="gw", external=True, local_id="node-a", remote_id="gw",
+        local_address=pair.left_ip, remote_address=pair.right_ip, spec=contract.TunnelSpec(),
+        selectors=(desired.Selector(f"{pair.left_ip}/32", f"{pair.right_ip}/32"),),
+        initiator=initiator, initiate_generation=1, psks=((1, PSK),))
+    return desired.Desired({peer.key: peer}, {"mesh": (1,)}, {}, pair.left_ip)
+
+
+@pytest.mark.parametrize("initiator", ["agent", "charon"])
+async def test_agent_peer_workers_with_charon_as_external_peer(
+        wire: Wire, agent: peers.PeerManager, initiator: str, tmp_path: Path) -> None:
+    p = wire.pair
+    wire.charon.load(peer_conn(p.right_ip, p.left_ip, local_id="gw", remote_id="node-a",
+                               esp_proposals="aes256gcm16-x25519-esn"),
+                     PSK, ("gw", "node-a"))
+    agent.set_desired(external_peer(p, initiator == "agent"), {"mesh": 1})
+    if initiator == "charon":
+        await wait_until(lambda: ("mesh", "gw") in agent.peers)
+        await asyncio.to_thread(wire.charon.initiate)
+
+    def state() -> Any:
+        peer = agent.peers.get(("mesh", "gw"))
+        return peer.state if peer else None
+
+    await wait_until(lambda: bool(state() and state().ike_state == contract.IKE_ESTABLISHED
+                                  and state().child_state == contract.CHILD_INSTALLED))
+    first_in, first_out = set(state().spis_in), set(state().spis_out)
+    with capture(p.right, p.right_if, tmp_path / "wire.pcap") as cap:
+        assert p.ping(p.left, p.right_ip)
+    assert {(e.src, e.spi) for e in cap.esp()} == (
+        {(p.left_ip, s) for s in first_out} | {(p.right_ip, s) for s in first_in})
+    # charon rekeys the Child SA (with a new x25519 exchange) under ping
+    pinger = asyncio.create_task(asyncio.to_thread(p.ping, p.left, p.right_ip, 25))
+    await asyncio.sleep(1)
+    await asyncio.to_thread(wire.charon.rekey_child)
+    await wait_until(lambda: len(state().spis_in) == 1 and not set(state().spis_in) & first_in)
+    assert await pinger, "a ping was lost over charon's rekey"
+    (theirs,) = wire.charon.children()
+    assert theirs["dh-group"] == "CURVE_25519" and theirs["esn"] == "1"
+    assert int(theirs["spi-out"], 16) in state().spis_in
