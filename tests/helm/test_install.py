@@ -290,3 +290,30 @@ def test_agent_writes_only_its_own_ipsec_node(apiserver: APIServer, release: Rel
                 kubernetes.client.CustomObjectsApi(admin).delete_cluster_custom_object(
                     G, "v1alpha1", "ipsecnodes", name
                 )
+
+
+def test_upgrade_as_documented(apiserver: APIServer, release: Release) -> None:
+    """docs/upgrade.md: CRDs by server-side apply, then `helm upgrade --reuse-values`."""
+    kubectl = [str(apiserver.kubectl), "--kubeconfig", str(apiserver.kubeconfig)]
+    out = _run([*kubectl, "apply", "--server-side", "--force-conflicts",
+                "-f", str(CHART / "crds")])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("serverside-applied") == 3
+    helm = [helm_binary(), "--kubeconfig", str(apiserver.kubeconfig)]
+    out = _run([*helm, "upgrade", RELEASE, str(CHART), "-n", release.namespace,
+                "--reuse-values", "--set", "operator.replicas=3,agent.linkMTU=9000"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    with apiserver.api_client() as client:
+        apps = kubernetes.client.AppsV1Api(client)
+        deployment = apps.read_namespaced_deployment(
+            f"{RELEASE}-kube-ipsec-operator", release.namespace
+        )
+        ds = apps.read_namespaced_daemon_set(f"{RELEASE}-kube-ipsec-agent", release.namespace)
+        tunnel = kubernetes.client.CustomObjectsApi(client).get_cluster_custom_object(
+            G, "v1alpha1", "ipsectunnels", TUNNEL
+        )
+    assert deployment.spec.replicas == 3
+    assert "--link-mtu=9000" in ds.spec.template.spec.containers[0].args
+    assert tunnel["metadata"]["name"] == TUNNEL  # --reuse-values kept the example tunnel
+    history = _run([*helm, "history", RELEASE, "-n", release.namespace, "-o", "json"])
+    assert [r["revision"] for r in yaml.safe_load(history.stdout)] == [1, 2]
