@@ -6,9 +6,7 @@ with its groups), and the decisive ones are also tried as real requests while im
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import kubernetes
 import pytest
@@ -16,60 +14,21 @@ import yaml
 
 from tests.fixtures.apiserver import APIServer
 from tests.helm.chart import CHART, helm_binary
+from tests.helm.install import Release, installed
+from tests.helm.install import run as _run
 
 pytestmark = pytest.mark.apiserver
 
 RELEASE = "helmtest"
 TUNNEL = "helm-test-mesh"
-PEERING_CRD = "clusterkopfpeerings.kopf.dev"
 G = "kube-ipsec.dev"
-
-
-@dataclass
-class Release:
-    namespace: str
-    manifest: str
-    operator: str  # full ServiceAccount user names
-    agent: str
-
-
-def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kw)  # type: ignore[call-overload,no-any-return]
 
 
 @pytest.fixture(scope="module")
 def release(apiserver: APIServer) -> Iterator[Release]:
-    with apiserver.api_client() as client:
-        core = kubernetes.client.CoreV1Api(client)
-        namespace = core.create_namespace({"metadata": {"generateName": "helm-"}}).metadata.name
-        ext = kubernetes.client.ApiextensionsV1Api(client)
-        had_peering_crd = any(
-            c.metadata.name == PEERING_CRD for c in ext.list_custom_resource_definition().items
-        )
-    helm = [helm_binary(), "--kubeconfig", str(apiserver.kubeconfig)]
-    # The fixture already created our CRDs (same content, another field manager); helm's
-    # server-side apply takes them over instead of failing on the conflict. Likewise a
-    # peering object "kube-ipsec" left by an operator run in the same API server.
-    out = _run([*helm, "install", RELEASE, str(CHART), "--namespace", namespace,
-                "--force-conflicts", "--take-ownership",
-                "--set", f"exampleTunnel.enabled=true,exampleTunnel.name={TUNNEL}"])
-    assert out.returncode == 0, out.stdout + out.stderr
-    try:
-        manifest = _run([*helm, "get", "manifest", RELEASE, "-n", namespace], check=True).stdout
-        yield Release(
-            namespace,
-            manifest,
-            f"system:serviceaccount:{namespace}:{RELEASE}-kube-ipsec-operator",
-            f"system:serviceaccount:{namespace}:{RELEASE}-kube-ipsec-agent",
-        )
-    finally:
-        _run([*helm, "uninstall", RELEASE, "-n", namespace])
-        with apiserver.api_client() as client:
-            if not had_peering_crd:
-                kubernetes.client.ApiextensionsV1Api(client).delete_custom_resource_definition(
-                    PEERING_CRD
-                )
-            kubernetes.client.CoreV1Api(client).delete_namespace(namespace)
+    with installed(apiserver, RELEASE, "exampleTunnel.enabled=true",
+                   f"exampleTunnel.name={TUNNEL}") as rel:
+        yield rel
 
 
 def test_install_creates_every_object(apiserver: APIServer, release: Release) -> None:
