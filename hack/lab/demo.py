@@ -142,7 +142,7 @@ def rotate_under_traffic(kube: lc.Kube, lab: lc.Lab, tunnel: str, names: list[st
     check(f"old generation {before} retired by the operator", bool(manifest),
           f"{t_retired:.1f} s after the request")
     check("rotation under 1000 packets/s loses nothing", lost == 0 and not sent["send_errors"],
-          f"sent {sent['sent']}, received {got['unique']} unique, lost {lost}")
+          f"{stream.describe(sent, got)} (rotation requested at t+{t0 - stream.started:.2f}s)")
 
 
 def show_metrics(lab: lc.Lab, names: list[str]) -> None:

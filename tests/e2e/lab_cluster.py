@@ -231,6 +231,15 @@ class Lab:
         for i, (name, address) in enumerate({**self.nodes, **(extra or {})}.items()):
             self.add_namespace(name, address, f"labv{i}")
 
+    def teardown_network(self) -> None:
+        """Delete the namespaces and the bridge; eth0 gets its address back."""
+        for name in self.port_of:
+            run("ip", "netns", "del", name, check=False)
+        self.port_of.clear()
+        run("ip", "link", "del", BRIDGE, check=False)
+        run("ip", "addr", "replace", "10.0.2.15/24", "dev", "eth0", check=False)
+        run("ip", "route", "replace", "default", "via", "10.0.2.2", check=False)
+
     def add_namespace(self, name: str, address: str, port: str) -> None:
         run("ip", "netns", "add", name)
         run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
@@ -451,23 +460,59 @@ class Capture:
 # --- a paced, sequence-numbered UDP stream (tests/xfrm/udp_stream.py) -----------------------
 
 class Stream:
-    """``rate`` packets/s from ``src`` to ``dst``; stop() returns (sent, received) summaries."""
+    """``rate`` packets/s from ``src`` to ``dst``; stop() returns (sender, receiver) summaries.
+
+    The receiver (``tests/e2e/lab_stream.py``) names the missing sequence ranges; the summary
+    also carries the nonzero XFRM/UDP drop counters of both namespaces, to explain a loss.
+    """
 
     def __init__(self, lab: Lab, src: str, dst: str, rate: int = 1000, port: int = 7000) -> None:
-        self.receiver = self._start(dst, "recv", lab.nodes[dst], str(port))
-        self.sender = self._start(src, "send", lab.nodes[dst], str(port), str(rate))
+        self.src, self.dst, self.rate = src, dst, rate
+        self.receiver = self._start(dst, "tests.e2e.lab_stream", lab.nodes[dst], str(port))
+        self.sender = self._start(src, "tests.xfrm.udp_stream", "send", lab.nodes[dst],
+                                  str(port), str(rate))
+        self.started = time.monotonic()
 
     @staticmethod
-    def _start(ns: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
-                                 "tests.xfrm.udp_stream", *args], stdout=subprocess.PIPE, text=True)
+    def _start(ns: str, module: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
+                                stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"udp_stream {args[0]} did not start")
+            raise RuntimeError(f"{module} did not start")
         return proc
+
+    def at(self, seq: int) -> float:
+        """Seconds after the stream started at which ``seq`` was due."""
+        return seq / self.rate
 
     def stop(self) -> tuple[dict[str, Any], dict[str, Any]]:
         self.sender.send_signal(signal.SIGTERM)
         sent = json.loads(self.sender.communicate(timeout=120)[0])
         got = json.loads(self.receiver.communicate(timeout=120)[0])
+        got["drops"] = {self.src: kernel_drops(self.src), self.dst: kernel_drops(self.dst)}
         return sent, got
+
+    def describe(self, sent: dict[str, Any], got: dict[str, Any]) -> str:
+        lost = sent["sent"] - got["unique"]
+        text = f"sent {sent['sent']}, received {got['unique']} unique, lost {lost}"
+        if lost:
+            spans = ", ".join(f"{a}-{b} (t+{self.at(a):.2f}s..{self.at(b):.2f}s)"
+                              for a, b in got["missing"])
+            text += f"; missing {spans}; kernel drops {got['drops']}"
+        return text
+
+
+def kernel_drops(ns: str) -> dict[str, int]:
+    """Nonzero /proc/net/xfrm_stat counters and UDP error counters of ``ns``."""
+    found = {}
+    for line in run("cat", "/proc/net/xfrm_stat", ns=ns).stdout.splitlines():
+        name, value = line.split()
+        if int(value):
+            found[name] = int(value)
+    udp = [line.split()[1:] for line in run("cat", "/proc/net/snmp", ns=ns).stdout.splitlines()
+           if line.startswith("Udp:")]
+    if len(udp) == 2:
+        found.update({f"Udp{k}": int(v) for k, v in zip(udp[0], udp[1], strict=True)
+                      if k.endswith("Errors") and int(v)})
+    return found
