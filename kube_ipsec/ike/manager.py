@@ -15,7 +15,7 @@ from kube_ipsec.ike import events, message
 from kube_ipsec.ike import payloads as pl
 from kube_ipsec.ike.constants import ExchangeType, NotifyType
 from kube_ipsec.ike.errors import MalformedMessage, ProtocolError
-from kube_ipsec.ike.tasks.base import NeedSpi, Obsolete, Status, Task
+from kube_ipsec.ike.tasks.base import Abort, NeedSpi, Obsolete, Status, Task
 
 if TYPE_CHECKING:
     from kube_ipsec.ike.sa import IkeSa
@@ -78,6 +78,9 @@ class TaskManager:
                 task.build_i(msg, now)
             except Obsolete:
                 continue
+            except Abort:
+                self.sa.destroy(self.sa.delete_reason, now)
+                return
             except NeedSpi:
                 self.waiting_spi.append(task)
                 self.sa.engine.want_spis()

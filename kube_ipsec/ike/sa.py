@@ -255,7 +255,9 @@ class IkeSa:
             self.remove_child(child, events.Reason.IKE_DELETED)
         was_established = self.established_at is not None
         self.state = IkeState.DESTROYED
-        if self.announced or not was_established:
+        # the shell knows SAs it initiated or saw established; a responder that died in
+        # IKE_SA_INIT (INVALID_KE, half-open timeout) is only counted
+        if self.announced or (not was_established and (self.initiator or self.mgr.mid_in > 1)):
             self.engine.emit(events.IkeSaDeleted(self.id, reason, self.remote, was_established))
         self.engine.forget(self)
 

@@ -54,8 +54,9 @@ class Node:
 def make_node(name: str, host: str, peer_host: str, peer_name: str, *, spi_base: int,
               engine_kw: dict | None = None, peer_kw: dict | None = None,
               psks: list[tuple[int, bytes]] | None = None) -> Node:
-    peer = ike.PeerConfig(remote_host=peer_host, local_id=ike.Identity.fqdn(name),
-                          remote_id=ike.Identity.fqdn(peer_name), **(peer_kw or {}))
+    kw = {"local_id": ike.Identity.fqdn(name), "remote_id": ike.Identity.fqdn(peer_name),
+          **(peer_kw or {})}
+    peer = ike.PeerConfig(remote_host=peer_host, **kw)
     store = {peer_name: psks if psks is not None else [(1, PSK)]}
     cfg = ike.EngineConfig(
         local_host=host,
@@ -73,14 +74,15 @@ class Pair:
     def __init__(self, *, a_kw: dict | None = None, b_kw: dict | None = None,
                  a_peer: dict | None = None, b_peer: dict | None = None,
                  a_psks: list | None = None, b_psks: list | None = None,
-                 nat: bool = False) -> None:
+                 nat: bool = False, v6: bool = False) -> None:
         self.now = 1000.0
         self.nat = nat
-        a_host = "10.0.0.1" if nat else "192.0.2.1"
+        a_host = "10.0.0.1" if nat else ("2001:db8::1" if v6 else "192.0.2.1")
+        b_host = "2001:db8::2" if v6 else "192.0.2.2"
         self.public_a = "198.51.100.1" if nat else a_host
-        self.a = make_node("node-a", a_host, "192.0.2.2", "node-b", spi_base=0xC0000000,
+        self.a = make_node("node-a", a_host, b_host, "node-b", spi_base=0xC0000000,
                            engine_kw=a_kw, peer_kw=a_peer, psks=a_psks)
-        self.b = make_node("node-b", "192.0.2.2", self.public_a, "node-a", spi_base=0xC1000000,
+        self.b = make_node("node-b", b_host, self.public_a, "node-a", spi_base=0xC1000000,
                            engine_kw=b_kw, peer_kw=b_peer, psks=b_psks)
         self.nat_map: dict[tuple[Address], int] = {}
         self.drop: Callable[[str, bytes, Address, Address], bool] = lambda *_: False

@@ -49,6 +49,21 @@ def test_initiator_and_responder_establish_ike_and_child_sa():
     assert not pair.a.engine.stats.dropped and not pair.b.engine.stats.dropped
 
 
+def test_ipv6_peers_with_address_identities():
+    ids = {"local_id": ike.Identity.parse("2001:db8::1"),
+           "remote_id": ike.Identity.parse("2001:db8::2")}
+    pair = Pair(v6=True, a_peer=ids, b_peer={"local_id": ids["remote_id"],
+                                            "remote_id": ids["local_id"]})
+    pair.b.psks["2001:db8::1"] = pair.b.psks["node-a"]
+    pair.a.psks["2001:db8::2"] = pair.a.psks["node-b"]
+    pair.connect()
+    [ca] = pair.a.of(ike.ChildSaEstablished)
+    [cb] = pair.b.of(ike.ChildSaEstablished)
+    assert_mirrored(ca.child, cb.child)
+    assert [str(t) for t in ca.child.remote_ts] == ["2001:db8::2-2001:db8::2"]
+    assert str(pair.b.of(ike.IkeSaEstablished)[0].remote_id) == "2001:db8::1"
+
+
 def test_responder_side_can_initiate_too():
     pair = Pair()
     pair.b.engine.initiate(pair.b.peer, pair.now)

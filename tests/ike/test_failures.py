@@ -39,6 +39,15 @@ def test_wrong_psk_fails_authentication_on_both_sides():
     assert pair.b.engine.stats.failures["authentication_failed"] == 1
 
 
+def test_initiator_without_a_psk_fails_before_sending_auth():
+    pair = Pair(a_psks=[])
+    pair.connect()
+    [fa] = pair.a.of(ike.AuthenticationFailed)
+    assert not fa.by_peer
+    assert not [d for n, d, *_ in pair.sent if exchange_of(d)[0] == ExchangeType.IKE_AUTH]
+    assert pair.a.engine.snapshot() == []
+
+
 def test_unknown_peer_identity_fails_authentication():
     pair = Pair(b_psks=[])
     pair.connect()

@@ -22,6 +22,10 @@ class NeedSpi(Exception):
     """The task needs an inbound SPI from the kernel and the pool is empty: try again later."""
 
 
+class Abort(Exception):
+    """The task cannot even start (e.g. no PSK for the peer): the IKE SA goes, reason set."""
+
+
 class Obsolete(Exception):
     """The task no longer applies (its SA went away meanwhile); the manager drops it."""
 

@@ -21,7 +21,7 @@ from kube_ipsec.ike.constants import AuthMethod, ExchangeType, IdType, NotifyTyp
 from kube_ipsec.ike.errors import ProtocolError
 from kube_ipsec.ike.message import Message
 from kube_ipsec.ike.sa import IkeSa
-from kube_ipsec.ike.tasks.base import Status, Task
+from kube_ipsec.ike.tasks.base import Abort, Status, Task
 from kube_ipsec.ike.tasks.child_create import ChildCreate
 
 
@@ -96,9 +96,11 @@ class IkeAuth(Task):
         msg.add(idi)
         if sa.peer.remote_id is not None:
             msg.add(pl.IDr(remote_id.type, remote_id.data))
-        if self.keys:
-            generation, self.psk = self.keys[0]
-            sa.psk_generation = generation
+        if not self.keys:  # nothing to sign with: fail here rather than send garbage
+            self._auth_failed(False, remote_id)
+            raise Abort
+        generation, self.psk = self.keys[0]
+        sa.psk_generation = generation
         msg.add(self.auth.sign(self.psk, True, idi.body))
         if sa.peer.send_initial_contact and not sa.engine.has_established_with(sa):
             msg.add(pl.Notify(NotifyType.INITIAL_CONTACT))
