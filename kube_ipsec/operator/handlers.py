@@ -96,9 +96,11 @@ class Operator:
 
     async def _reconcile(self, name: str) -> None:
         body = self._one("tunnels_index", name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        version = body["metadata"].get("resourceVersion")
+        meta = (body or {}).get("metadata") or {}
+        if contract.FINALIZER not in (meta.get("finalizers") or []) or meta.get(
+                "deletionTimestamp"):
+            return  # no keys before kopf's finalizer guarantees their cleanup; none after
+        version = meta.get("resourceVersion")
         written = self._status.get(name)
         if written is not None and written[0] == version:
             body = {**body, "status": written[1]}  # the cache has not seen our last patch yet

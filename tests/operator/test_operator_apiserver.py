@@ -204,6 +204,18 @@ def test_deleting_the_tunnel_deletes_its_secret(cluster: Cluster) -> None:
     assert cluster.secret(name) is None
 
 
+def test_tunnels_deleted_at_once_leave_no_secret_behind(cluster: Cluster) -> None:
+    """Keys are made only once kopf's finalizer is on, so even a racing delete cleans up."""
+    cluster.operator("--standalone")
+    wait_for(lambda: cluster.operators[0].output.count("Initial authentication has finished"),
+             30, "operator up")
+    names = [cluster.create_tunnel(f"quick{i}") for i in range(5)]
+    for name in names:
+        cluster.delete_tunnel(name)
+    wait_for(lambda: all(cluster.tunnel_gone(n) for n in names), 30, "tunnels gone")
+    assert [n for n in names if cluster.secret(n) is not None] == []
+
+
 def test_metrics_and_liveness(cluster: Cluster) -> None:
     op = cluster.operator("--standalone")
     name = cluster.create_tunnel("mesh")
