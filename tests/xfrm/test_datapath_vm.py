@@ -29,6 +29,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns as pr_netns
@@ -244,6 +245,12 @@ def kernel_drops(ns: str) -> dict[str, int]:
     return found
 
 
+def softnet_drops() -> int:
+    """Packets dropped because a CPU's input backlog was full (all namespaces)."""
+    rows = Path('/proc/net/softnet_stat').read_text().split('\n')
+    return sum(int(row.split()[1], 16) for row in rows if row)
+
+
 def start(ns: str, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-m',
                              'tests.xfrm.udp_stream', *args],
@@ -255,6 +262,11 @@ def start(ns: str, *args: str) -> subprocess.Popen[str]:
 async def test_make_before_break_under_a_udp_stream_loses_nothing(tmp_path):
     suite = dataclasses.replace(SUITES[0], replay_window=128)
     switches, linger = 20, 0.5
+    # Under TCG on a busy host a vCPU can stall for a second while its per-CPU backlog fills
+    # (1000 packets by default): the drops that follow are the VM's, not XFRM's (seen: 26
+    # packets after all 33906 had crossed the wire as ESP). The VM is ours: a deeper backlog.
+    Path('/proc/sys/net/core/netdev_max_backlog').write_text('100000')
+    backlog_drops = softnet_drops()
     with veth_pair() as pair:
         left, right, lpair, rpair, outs = await establish(pair, suite)
         used = {lpair.outbound.spi}
@@ -281,21 +293,43 @@ async def test_make_before_break_under_a_udp_stream_loses_nothing(tmp_path):
                 sender.send_signal(signal.SIGTERM)
                 sent = json.loads(sender.communicate(timeout=60)[0])
                 got = json.loads(receiver.communicate(timeout=60)[0])
-            wire = {p.spi for p in cap.esp() if p.src == pair.left_ip}
+            esp = [p for p in cap.esp() if p.src == pair.left_ip]
             drops = (kernel_drops(pair.left), kernel_drops(pair.right))
+            backlog_drops = softnet_drops() - backlog_drops
         finally:
             await left.kernel.close()
             await right.kernel.close()
     lost = sent['sent'] - got['unique']
-    print(f'drops: left {drops[0]}, right {drops[1]}')
+    esp_late, esp_displacement = reordering(esp)
+    print(f'kernel drop counters: left {drops[0]}, right {drops[1]}, '
+          f'backlog {backlog_drops}')
     print(f'make-before-break: {switches} switches, sent {sent["sent"]}, '
           f'received {got["received"]} ({got["unique"]} unique), lost {lost}, '
-          f'late {got["late"]} (max displacement {got["max_displacement"]}, '
-          f'replay window {suite.replay_window}), send errors {sent["send_errors"]}')
+          f'send errors {sent["send_errors"]}; ESP on the wire: {len(esp)} packets on '
+          f'{len({p.spi for p in esp})} SPIs, {esp_late} reordered within their SA, max '
+          f'{esp_displacement} (replay window {suite.replay_window}); at the receiving socket '
+          f'{got["late"]} late, max {got["max_displacement"]} behind')
     assert got['ended'] and sent['sent'] > 1000 * switches * 0.2
-    assert lost == 0 and sent['send_errors'] == []
-    assert got['max_displacement'] <= suite.replay_window
-    assert wire == used and len(used) == switches + 1  # every switch moved the traffic
+    assert len(esp) == sent['sent'] + 5  # + end markers: every packet left as ESP
+    assert lost == 0 and sent['send_errors'] == [] and backlog_drops == 0
+    # The replay window applies per SA, to ESP sequence numbers: nothing beyond it, and the
+    # receiver's replay check dropped nothing. (The socket may see more reordering: under
+    # TCG a stalled vCPU holds its backlog queue; that happens after ESP and is not loss.)
+    assert esp_displacement <= suite.replay_window
+    assert 'XfrmInStateSeqError' not in drops[1] and not drops[0] and not drops[1]
+    assert {p.spi for p in esp} == used and len(used) == switches + 1  # every switch moved it
+
+
+def reordering(packets) -> tuple[int, int]:
+    """ESP packets that arrived after a higher sequence number of the same SA, and how far."""
+    highest: dict[int, int] = {}
+    late = worst = 0
+    for p in packets:
+        top = highest.get(p.spi, 0)
+        if p.seq < top:
+            late, worst = late + 1, max(worst, top - p.seq)
+        highest[p.spi] = max(top, p.seq)
+    return late, worst
 
 
 async def test_fail_closed_without_sa_sends_nothing_in_plaintext(tmp_path):
