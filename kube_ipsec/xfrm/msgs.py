@@ -334,7 +334,13 @@ class xfrm_attrs:
         fields = (('v', 'I'), ('m', 'I'))
 
     class xfrm_userpolicy_type(nla):
-        fields = (('type', 'B'), ('__pad', 'x'), ('reserved1', 'H'), ('reserved2', 'B'))
+        fields = (
+            ('type', 'B'),
+            ('__pad', 'x'),
+            ('reserved1', 'H'),
+            ('reserved2', 'B'),
+            ('__pad1', 'x'),
+        )
 
     class lifetime_cur(nla):
         fields = xfrm_lifetime_cur.fields
