@@ -93,6 +93,7 @@ OPERATOR_ALLOWED: list[Perm] = [
     *[(v, "clusterkopfpeerings", "kopf.dev", "", "cluster") for v in ("list", "watch", "patch")],
     *[(v, "customresourcedefinitions", "apiextensions.k8s.io", "", "cluster")
       for v in ("list", "watch")],
+    *[(v, "namespaces", "", "", "cluster") for v in ("list", "watch")],
 ]
 OPERATOR_DENIED: list[Perm] = [
     ("create", "ipsectunnels", G, "", "cluster"), ("delete", "ipsectunnels", G, "", "cluster"),
@@ -105,6 +106,7 @@ OPERATOR_DENIED: list[Perm] = [
     ("list", "pods", "", "", "own"), ("create", "pods", "", "", "own"),
     ("get", "configmaps", "", "", "own"), ("create", "serviceaccounts", "", "", "own"),
     ("create", "rolebindings", "rbac.authorization.k8s.io", "", "own"),
+    ("create", "namespaces", "", "", "cluster"), ("delete", "namespaces", "", "", "cluster"),
 ]
 AGENT_ALLOWED: list[Perm] = [
     *[(v, "ipsectunnels", G, "", "cluster") for v in ("get", "list", "watch")],
@@ -130,6 +132,7 @@ AGENT_DENIED: list[Perm] = [
     ("create", "customresourcedefinitions", "apiextensions.k8s.io", "", "cluster"),
     ("create", "serviceaccounts", "", "", "own"),
     ("create", "serviceaccounts", "", "token", "own"),
+    ("list", "namespaces", "", "", "cluster"),
 ]
 
 
