@@ -105,20 +105,28 @@ class PeerManager:
         while True:
             item = await self.queue.get()
             now = loop.time()
-            kind = item[0]
-            if kind == "datagram":
-                self.engine.receive_datagram(item[1], item[2], item[3], now)
-            elif kind == "timer":
-                self.engine.handle_timer(now)
-            elif kind == "desired":
-                await self._apply_desired(item[1], item[2], now)
-            elif kind == "retry":
-                self._retry(item[1], now)
-            elif kind == "kernel":
-                self._kernel_event(item[1], now)
-            elif kind == "settle":
-                await self._settle(item[1])
-            await self._flush(now)
+            try:
+                await self._input(item, now)
+                await self._flush(now)
+            except Exception:  # one bad input must not stop every peer; counted and logged
+                log.exception("peer manager failed on %s input", item[0])
+                metrics.IKE_FAILURES.labels("agent_error").inc()
+                self._arm_timer()
+
+    async def _input(self, item: tuple[Any, ...], now: float) -> None:
+        kind = item[0]
+        if kind == "datagram":
+            self.engine.receive_datagram(item[1], item[2], item[3], now)
+        elif kind == "timer":
+            self.engine.handle_timer(now)
+        elif kind == "desired":
+            await self._apply_desired(item[1], item[2], now)
+        elif kind == "retry":
+            self._retry(item[1], now)
+        elif kind == "kernel":
+            self._kernel_event(item[1], now)
+        elif kind == "settle":
+            await self._settle(item[1])
 
     async def watch_kernel(self) -> None:
         """Feed the kernel's ACQUIRE/EXPIRE events into the queue (a task of its own)."""
