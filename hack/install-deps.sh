@@ -8,6 +8,8 @@ pkgs=(
   iproute2 iputils-ping tcpdump iperf3 socat          # datapath checks inside the VM
   strace                                              # tests/xfrm/golden_capture.py
   strongswan-charon strongswan-swanctl                # the independent IKEv2 peer
+  libstrongswan-standard-plugins                      # charon: openssl (x25519, ECP), gcm
+  libcharon-extra-plugins                             # charon: kernel-libipsec (host benchmark)
   xz-utils cpio                                       # vmlinux extraction, initramfs
 )
 missing=()
