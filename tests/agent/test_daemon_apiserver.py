@@ -4,12 +4,16 @@ kube-apiserver, with two daemons on loopback UDP (127.0.0.1 and 127.0.0.2) and F
 - from an IPsecTunnel, its key Secret and two Nodes, the two daemons negotiate IKEv2 over real
   sockets, install matching SAs, and report ESTABLISHED/INSTALLED with the key generation in
   their IPsecNode objects; /readyz turns ready;
-- stopping a daemon leaves its SAs in the kernel.
+- stopping a daemon leaves its SAs in the kernel;
+- ``python -m kube_ipsec.agent`` runs as a process, turns ready, and exits 0 on SIGTERM.
 """
 
 import asyncio
 import contextlib
+import json
+import signal
 import socket
+import sys
 
 import aiohttp
 import kubernetes
@@ -124,3 +128,37 @@ async def test_two_daemons_negotiate_over_loopback_and_report(apiserver, cluster
         await asyncio.gather(*tasks, return_exceptions=True)
     # shutdown leaves the SAs in place
     assert all(len([s for s in k.sas.values() if s.aead]) == 2 for k in kernels.values())
+
+
+async def test_the_command_runs_as_a_process_and_stops_on_sigterm(apiserver, cluster):
+    _, namespace = cluster
+    ike_port, natt_port = free_udp_ports(2)
+    metrics_port = free_tcp_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kube_ipsec.agent", "--node-name", "node-a",
+        "--namespace", namespace, "--kubeconfig", str(apiserver.kubeconfig),
+        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
+        "--ike-port", str(ike_port), "--natt-port", str(natt_port), "--fake-kernel",
+        "--log-format", "json", stderr=asyncio.subprocess.PIPE)
+
+    async def ready() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{metrics_port}/readyz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        for _ in range(300):
+            if await ready():
+                break
+            assert proc.returncode is None, "the agent exited early"
+            await asyncio.sleep(0.1)
+        assert await ready()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert any("SAs and policies stay" in entry["message"] for entry in lines)
