@@ -12,6 +12,8 @@ with a FakeKernel and its own IKE engine, over a fake link:
 - the API server port is bypassed with plaintext policies, consulted before the pair's;
 - an SA that expires hard in the kernel is replaced by a new Child SA;
 - an ACQUIRE makes the pair's responder initiate, but only after a grace period;
+- every spec variant (AH, ChaCha20, no PFS/ESN, tunnel mode, other IKE groups) negotiates
+  into identical SAs on both kernels with the spec's parameters;
 - across the pair, no side pins its out policy to an SPI before the other side installed the
   inbound SA for it — on first contact, re-authentication and restart (one shared journal).
 """
@@ -233,3 +235,29 @@ async def test_no_side_switches_before_the_other_can_decrypt_on_reauth_and_resta
     assert pins_precede_peer_inbound(shared, ADDRESSES) == []
     await a.stop()
     await b2.stop()
+
+
+@pytest.mark.parametrize("spec", [
+    {"protocol": "ah"},
+    {"cipher": "chacha20-poly1305"},
+    {"cipher": "aes-gcm-128", "pfs": False, "esn": False, "replayWindow": 64},
+    {"mode": "tunnel", "ike": {"dhGroup": "ecp256", "prf": "sha384"}},
+])
+async def test_every_spec_variant_negotiates_into_matching_kernel_sas(pair, spec):
+    a, b = pair
+    tunnels = [helpers.tunnel("mesh", **spec)]
+    nodes = [helpers.node("node-a", "10.0.0.1", "10.244.0.0/24"),
+             helpers.node("node-b", "10.0.0.2", "10.244.1.0/24")]
+    a.apply(tunnels, {"mesh": helpers.keyset()}, nodes)
+    b.apply(tunnels, {"mesh": helpers.keyset()}, nodes)
+    await eventually(lambda: up(a, "node-b") and up(b, "node-a"))
+    sas_a = {(s.dst, s.spi): s for s in valid_sas(a)}
+    sas_b = {(s.dst, s.spi): s for s in valid_sas(b)}
+    assert sas_a == sas_b and len(sas_a) == 2
+    sa = next(iter(sas_a.values()))
+    assert sa.proto is (xm.Proto.AH if spec.get("protocol") == "ah" else xm.Proto.ESP)
+    assert sa.mode is (xm.Mode.TUNNEL if spec.get("mode") == "tunnel" else xm.Mode.TRANSPORT)
+    assert sa.esn is spec.get("esn", True)
+    assert sa.replay_window == spec.get("replayWindow", 1024)
+    fwd = [p for p in a.kernel.policies.values() if p.dir is xm.Dir.FWD]
+    assert len(fwd) == (1 if spec.get("mode") == "tunnel" else 0)
