@@ -29,6 +29,7 @@ import yaml
 
 from kube_ipsec import contract
 from tests.e2e import lab_cluster as lc
+from tests.e2e.strongswan import Charon, peer_conn
 
 pytestmark = pytest.mark.vm
 
@@ -197,8 +198,6 @@ GATEWAY, GATEWAY_ADDRESS = "gw", "10.0.2.20"
 
 
 def test_strongswan_gateway_gets_an_encrypted_tunnel(lab: Lab) -> None:
-    from tests.e2e.strongswan import Charon, peer_conn
-
     node = lab.names[0]
     lab.net.add_namespace(GATEWAY, GATEWAY_ADDRESS, "labvgw")
     psk = b"lab-gateway-psk-0123456789abcdef"
