@@ -46,11 +46,13 @@ def status(report: dict[str, Any]) -> str:
           t["keyGeneration"], t["rotationPhase"] or "-"] for t in report["tunnels"]],
     )]
     out += ["", "NODES", table(
-        ["NODE", "ADDRESS", "HEARTBEAT", "PEERS", "GENERATIONS IN USE", "LAST ERROR"],
+        ["NODE", "ADDRESS", "HEARTBEAT", "PEERS", "GENERATIONS IN USE", "INNER MTU",
+         "LAST ERROR"],
         [[n["name"], n["address"],
           duration(n["heartbeatAge"]) + (" (stale)" if n["stale"] else ""),
           f"{n['peersEstablished']}/{n['peers']}",
           " ".join(f"{t}={g}" for t, g in sorted(n["generationsInUse"].items())) or "-",
+          " ".join(f"{t}={m}" for t, m in sorted(n["mtu"].items())) or "-",
           n["lastError"] or "-"] for n in report["nodes"]],
     )]
     out += ["", "PEERS", table(

@@ -136,6 +136,7 @@ def _node_row(snap: Snapshot, ipsec_node: Obj, stale_after: datetime.timedelta) 
         "generationsInUse": {
             e.get("name"): e.get("keyGenerationInUse") for e in st.get("tunnels") or []
         },
+        "mtu": {e.get("name"): e["mtu"] for e in st.get("tunnels") or [] if "mtu" in e},
         "lastError": st.get("lastError", ""),
     }
 

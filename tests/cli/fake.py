@@ -39,7 +39,7 @@ def ipsec_node(name: str, address: str, peers: list[dict[str, Any]], *, tunnel: 
         "address": address,
         "heartbeat": ts(heartbeat_age),
         "tunnels": [{"name": tunnel, "keyGenerationsLoaded": list(loaded),
-                     "keyGenerationInUse": in_use, "peers": peers}],
+                     "keyGenerationInUse": in_use, "peers": peers, "mtu": 1438}],
     }
     if error:
         status["lastError"] = error

@@ -37,6 +37,7 @@ def test_status_table_shows_tunnels_nodes_and_peers() -> None:
     assert "3/3" in tunnel_line
     node_line = next(line for line in text.splitlines() if line.startswith("a "))
     assert "10.0.0.1" in node_line and "2/2" in node_line and "mesh=2" in node_line
+    assert "mesh=1438" in node_line  # the inner MTU the agent reports
     peer_lines = [ln for ln in text.splitlines() if " ESTABLISHED " in ln]
     assert len(peer_lines) == 6  # every node reports both of its peers
 
