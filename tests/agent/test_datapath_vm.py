@@ -7,7 +7,8 @@ through NetlinkKernel:
 - before the pair is up, the policies fail closed: ping does not get through in plaintext;
 - re-authentication under a new key generation moves traffic to new SPIs with no lost ping;
 - tunnel mode encrypts pod-CIDR traffic (node IPs outside) and leaves node traffic alone;
-- an agent restart (adopting the kernel state) under ping loses nothing.
+- an agent restart (adopting the kernel state) under ping loses nothing;
+- AH and ChaCha20-Poly1305 (without ESN) SAs are accepted and used on the wire.
 """
 
 import asyncio
@@ -120,3 +121,19 @@ async def test_agent_restart_under_ping_loses_nothing():
                              and set(b2.state("node-a").spis_in).isdisjoint(old), 60)
             assert await pinger, "a ping was lost across the agent restart"
             await b2.stop()
+
+
+@pytest.mark.parametrize(("spec", "wire"), [
+    ({"protocol": "ah"}, "AH("),
+    ({"cipher": "chacha20-poly1305", "esn": False}, "ESP("),
+])
+async def test_other_protocols_reach_the_wire(tmp_path, spec, wire):
+    with veth_pair() as pair:
+        async with agents(pair, helpers.tunnel("mesh", **spec)) as (a, b, apply):
+            apply({"mesh": helpers.keyset()})
+            await eventually(lambda: up(a, "node-b") and up(b, "node-a"), 60)
+            with capture(pair.right, pair.right_if, tmp_path / "w.pcap", direction="in") as cap:
+                assert await ping(pair, pair.left, pair.right_ip)
+            text = cap.text()
+            assert wire in text
+            assert any(f"spi=0x{spi:08x}" in text for spi in b.state("node-a").spis_in), text
