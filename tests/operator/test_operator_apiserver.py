@@ -78,8 +78,8 @@ def test_acknowledged_rotation_retires_the_old_generation(cluster: Cluster) -> N
     assert status["rotation"]["phase"] == "Idle" and status["rotation"]["lastRotation"]
     assert status["nodes"] == {"selected": 2, "ready": 2, "acknowledged": 2, "summary": "2/2"}
     assert cluster.condition(name, contract.Condition.DEGRADED)["status"] == "False"
-    reasons = cluster.event_reasons(name)
-    assert reasons.count("RotationStarted") == 1 and "RotationCompleted" in reasons
+    wait_for(lambda: "RotationCompleted" in cluster.event_reasons(name), 15, "Events")
+    assert cluster.event_reasons(name).count("RotationStarted") == 1
 
 
 def test_withholding_node_keeps_the_old_key_and_is_named(cluster: Cluster) -> None:
@@ -124,14 +124,16 @@ def test_operator_killed_mid_rotation_is_finished_by_its_successor(cluster: Clus
     first.kill()
 
     cluster.report(a, name, [1, 2], 1)
-    cluster.operator("--standalone")
+    second = cluster.operator("--standalone")
     wait_for(lambda: generations(cluster, name) == (2, [1, 2]), 30, "generation 2 current")
     cluster.report(a, name, [1, 2], 2)
     wait_for(lambda: generations(cluster, name) == (2, [2]), 15, "generation 1 retired")
     secret = cluster.secret(name)
     assert secret is not None
     assert secret["metadata"]["annotations"][secrets.ANNOTATION_ROTATE_HANDLED] == "once"
-    assert cluster.event_reasons(name).count("RotationStarted") == 1
+    # The killed operator may not have logged or posted its Event; the successor must not stage.
+    assert "staged key generation" not in second.output
+    assert "key generation 2 is current" in second.output
     assert cluster.tunnel(name)["status"]["highestKeyGeneration"] == 2
 
 
@@ -259,12 +261,10 @@ def test_leader_failover_without_double_rotation(cluster: Cluster) -> None:
     cluster.report(a, name, [1, 2], 2)
     wait_for(lambda: generations(cluster, name) == (2, [2]), 15, "standby retires")
 
-    assert "staged key generation 2" in high.output
     assert "staged key generation" not in low.output
     assert "created key Secret" not in low.output
     assert "key generation 2 is current" in low.output
     assert "Resuming operations" in low.output
-    assert cluster.event_reasons(name).count("RotationStarted") == 1
     assert cluster.tunnel(name)["status"]["highestKeyGeneration"] == 2
 
 
