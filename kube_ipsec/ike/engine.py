@@ -152,6 +152,9 @@ class Engine:
     def reauthenticate(self, ike_sa: int, now: float) -> int:
         """Make-before-break: a new IKE SA (and Child SA) first, then delete the old one."""
         old = self._sa(ike_sa)
+        for sa in self._by_id.values():
+            if sa.replaces == old.id:
+                return sa.id  # already under way
         return self.initiate(old.peer, now, replaces=old.id)
 
     # -- services for IkeSa and tasks -------------------------------------------------------
@@ -236,6 +239,12 @@ class Engine:
     def has_established_with(self, sa: IkeSa) -> bool:
         return any(o is not sa and o.remote[0] == sa.remote[0] and o.established_at is not None
                    for o in self._by_id.values())
+
+    def renamed(self, old: IkeSa, new: IkeSa) -> None:
+        """An IKE rekey replaced ``old``: a reauthentication under way retires ``new``."""
+        for sa in self._by_id.values():
+            if sa.replaces == old.id:
+                sa.replaces = new.id
 
     def retire(self, ike_sa: int, now: float) -> None:
         """The end of a reauthentication: delete the replaced SA."""

@@ -23,6 +23,12 @@ class IkeDelete(Task):
         super().__init__(sa, initiator)
         self.reason = reason
 
+    def migrate(self, sa: IkeSa) -> Task | None:
+        """A delete we asked for (API, end of a reauthentication) follows the rekeyed SA."""
+        if self.reason in (events.Reason.LOCAL, events.Reason.REPLACED):
+            return IkeDelete(sa, True, self.reason)
+        return None
+
     def build_i(self, msg: Message, now: float) -> None:
         if self.sa.state != IkeState.REKEYED:
             self.sa.state = IkeState.DELETING

@@ -65,6 +65,7 @@ class IkeRekey(Task):
         sa.successor = winner
         sa.rekey_at = None
         sa.mgr.migrate(winner, now)
+        sa.engine.renamed(sa, winner)
         assert winner.selected is not None
         sa.engine.stats.rekeys["ike"] += 1
         sa.engine.emit(events.IkeSaRekeyed(sa.id, winner.id, winner.local_spi, winner.remote_spi,
