@@ -108,3 +108,6 @@ class EngineConfig:
     cookie_secret_lifetime: float = 120.0
     retry_delay: float = 2.0  # base delay after TEMPORARY_FAILURE or a lost rekey collision
     spi_low_water: int = 4
+    # DEBUG ONLY, OFF BY DEFAULT: receives SECRET KEYS as text lines in Wireshark's IKEv2
+    # decryption-table order, to decrypt captures while debugging interop. Never in production.
+    key_log: Callable[[str], None] | None = None

@@ -128,6 +128,10 @@ class IkeSa:
         ei = crypto.SkCipher(selected.encr, self.keys.sk_ei)
         er = crypto.SkCipher(selected.encr, self.keys.sk_er)
         self.cipher_out, self.cipher_in = (ei, er) if self.initiator else (er, ei)
+        key_log = self.engine.config.key_log
+        if key_log is not None:  # debug only; see EngineConfig.key_log
+            key_log(f"{self.spi_i.hex()},{self.spi_r.hex()},{self.keys.sk_ei.hex()},"
+                    f"{self.keys.sk_er.hex()},{selected},,,")
 
     def prf(self, key: bytes, data: bytes) -> bytes:
         assert self.selected is not None

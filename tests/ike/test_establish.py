@@ -221,3 +221,15 @@ def test_reauthentication_brings_up_a_new_ike_sa_before_deleting_the_old():
     assert [e.reason for e in pair.b.of(ike.IkeSaDeleted)] == [ike.Reason.PEER]
     assert len(pair.a.ike_sas()) == len(pair.b.ike_sas()) == 1
     assert len(pair.a.children()) == len(pair.b.children()) == 1
+
+
+def test_key_log_is_off_by_default_and_feeds_a_debug_sink_when_set():
+    lines: list[str] = []
+    pair = Pair(a_kw={"key_log": lines.append})
+    pair.connect()
+    assert pair.b.engine.config.key_log is None
+    [line] = lines
+    spi_i, spi_r, sk_ei, sk_er = line.split(",")[:4]
+    [ea] = pair.a.of(ike.IkeSaEstablished)
+    assert (spi_i, spi_r) == (ea.local_spi.hex(), ea.remote_spi.hex())
+    assert len(bytes.fromhex(sk_ei)) == len(bytes.fromhex(sk_er)) == 36
