@@ -319,3 +319,18 @@ def test_no_key_material_in_logs_events_or_status(cluster: Cluster) -> None:
             for where, text in (("log", output), ("events", events),
                                 ("tunnels", metrics_and_status)):
                 assert form not in text, f"key material in {where}"
+
+
+def test_operator_rides_out_an_apiserver_restart(cluster: Cluster) -> None:
+    op = cluster.operator("--standalone")
+    name = cluster.create_tunnel("mesh")
+    wait_for(lambda: generations(cluster, name) == (1, [1]), 30, "generation 1")
+    cluster.apiserver.stop()
+    try:
+        wait_for(lambda: "failed; will retry" in op.output or "reconciliation failed"
+                 in op.output, 30, "the operator notices the outage")
+    finally:
+        cluster.apiserver.start()
+    cluster.rotate_now(name, "after-outage")
+    wait_for(lambda: generations(cluster, name) == (2, [2]), 60, "rotation after the outage")
+    assert op.proc is not None and op.proc.poll() is None
