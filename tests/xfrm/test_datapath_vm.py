@@ -252,8 +252,10 @@ def softnet_drops() -> int:
 
 
 def start(ns: str, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-m',
-                             'tests.xfrm.udp_stream', *args],
+    """Run udp_stream pinned to CPU 0. A veth delivers on the sending CPU's backlog; a sender
+    hopping between vCPUs reorders its own flow there (a NIC's per-flow queue would not)."""
+    proc = subprocess.Popen(['ip', 'netns', 'exec', ns, 'taskset', '-c', '0', sys.executable,
+                             '-m', 'tests.xfrm.udp_stream', *args],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == 'ready'
     return proc

@@ -149,7 +149,7 @@ async def test_missing_algorithm_is_reported_by_name(kernel):
         await kernel.add_sa(SA(A, B, 0xD0000009, REQID, aead=nosuch))
 
 
-def test_bypassed_socket_passes_a_catch_all_block_policy():
+async def test_bypassed_socket_passes_a_catch_all_block_policy():
     with veth_pair() as pair:
         subprocess.run(['ip', 'netns', 'exec', pair.left, 'ip', 'xfrm', 'policy', 'add',
                         'src', '0.0.0.0/0', 'dst', '0.0.0.0/0', 'dir', 'out', 'action', 'block'],
@@ -157,6 +157,7 @@ def test_bypassed_socket_passes_a_catch_all_block_policy():
         rx = pr_netns.create_socket(pair.right, socket.AF_INET, socket.SOCK_DGRAM)
         plain = pr_netns.create_socket(pair.left, socket.AF_INET, socket.SOCK_DGRAM)
         ike = pr_netns.create_socket(pair.left, socket.AF_INET, socket.SOCK_DGRAM)
+        kernel = NetlinkKernel(pair.left)
         try:
             rx.bind((pair.right_ip, 500))
             rx.settimeout(10)
@@ -166,7 +167,11 @@ def test_bypassed_socket_passes_a_catch_all_block_policy():
             bypass_socket(ike)
             ike.sendto(b'ike', (pair.right_ip, 500))
             assert rx.recv(16) == b'ike'
+            # the kernel dumps socket policies too (dir 3/4): not part of the SPD we manage
+            (spd,) = await kernel.dump_policies()
+            assert spd.action is Action.BLOCK
         finally:
+            await kernel.close()
             for s in (rx, plain, ike):
                 s.close()
 
