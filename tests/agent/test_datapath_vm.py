@@ -8,15 +8,18 @@ through NetlinkKernel:
 - re-authentication under a new key generation moves traffic to new SPIs with no lost ping;
 - tunnel mode encrypts pod-CIDR traffic (node IPs outside) and leaves node traffic alone;
 - an agent restart (adopting the kernel state) under ping loses nothing;
-- AH and ChaCha20-Poly1305 (without ESN) SAs are accepted and used on the wire.
+- AH and ChaCha20-Poly1305 (without ESN) SAs are accepted and used on the wire;
+- with real IKE sockets in each namespace, IKE crosses the wire through the per-socket bypass
+  although the pair's policies cover (and block) all other traffic between the nodes.
 """
 
 import asyncio
 import contextlib
 
 import pytest
+from pyroute2 import netns as pr_netns
 
-from kube_ipsec.agent import status
+from kube_ipsec.agent import desired, ikesocket, peers, status
 from kube_ipsec.xfrm import NetlinkKernel
 from tests.agent import helpers
 from tests.agent.pair import Agent, eventually
@@ -137,3 +140,48 @@ async def test_other_protocols_reach_the_wire(tmp_path, spec, wire):
             text = cap.text()
             assert wire in text
             assert any(f"spi=0x{spi:08x}" in text for spi in b.state("node-a").spis_in), text
+
+
+async def test_ike_crosses_the_wire_through_the_socket_bypass(tmp_path):
+    """Real IKE sockets in each namespace: the node-to-node policies cover all traffic between
+    the two addresses (UDP 500 included) and fail closed, so IKE gets through only because of
+    the per-socket bypass."""
+    with veth_pair() as pair:
+        nodes = [helpers.node("node-a", pair.left_ip), helpers.node("node-b", pair.right_ip)]
+        keys = {"mesh": helpers.keyset()}
+        managers, endpoints = {}, []
+        for name, ns, address in (("node-a", pair.left, pair.left_ip),
+                                  ("node-b", pair.right, pair.right_ip)):
+            endpoint = ikesocket.IkeEndpoint(
+                address, lambda d, s, t, name=name: managers[name].datagram_received(d, s, t))
+            managers[name] = peers.PeerManager(NetlinkKernel(ns), endpoint.send,
+                                               local_address=address, linger=0.5)
+            pr_netns.pushns(ns)
+            try:
+                await endpoint.open()  # the sockets live in the namespace they were made in
+            finally:
+                pr_netns.popns()
+            endpoints.append(endpoint)
+        tasks = [asyncio.create_task(m.run()) for m in managers.values()]
+        try:
+            for name, manager in managers.items():
+                manager.set_desired(desired.compute(
+                    name, {n.name: n for n in map(desired.NodeInfo.from_object, nodes)},
+                    [desired.TunnelInfo.from_object(helpers.tunnel("mesh"))], keys),
+                    {"mesh": 1})
+            def states():
+                return [m.peers[k].state for m in managers.values() for k in m.peers]
+
+            with capture(pair.right, pair.right_if, tmp_path / "ike.pcap", bpf="udp port 500",
+                         direction="in") as cap:
+                await eventually(lambda: len(states()) == 2 and all(
+                    s.child_state == "INSTALLED" and s.ike_state == "ESTABLISHED"
+                    for s in states()), 60)
+            assert "isakmp" in cap.text().lower() or ".500 >" in cap.text()
+            assert await ping(pair, pair.left, pair.right_ip)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for endpoint in endpoints:
+                endpoint.close()
