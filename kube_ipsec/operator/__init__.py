@@ -29,6 +29,7 @@ Decisions worth knowing before reading the code:
 
 What a deployment needs (the Helm chart): the ClusterKopfPeering CRD in ``peering-crd.yaml``
 next to this module; RBAC for get/list/watch on ipsectunnels, ipsecnodes, nodes and
-customresourcedefinitions, patch on ipsectunnels and ipsectunnels/status, get/create/patch on
-clusterkopfpeerings, all Secret verbs in the operator namespace, and create on events there.
+customresourcedefinitions, patch on ipsectunnels and ipsectunnels/status, get/list/watch/patch
+on clusterkopfpeerings (plus create if the chart does not make the peering object), all Secret
+verbs in the operator namespace, and create on events.
 """

@@ -156,6 +156,15 @@ class Operator:
         body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "kind": "ClusterKopfPeering",
                 "metadata": {"name": self.config.peering_name}}
         try:
+            api.get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL,
+                                          self.config.peering_name)
+            return  # the usual case: the chart made it (and need not grant "create")
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                logger.warning("Cannot read ClusterKopfPeering %s: %s",
+                               self.config.peering_name, secrets.describe(exc))
+                return
+        try:
             api.create_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, body)
         except kubernetes.client.ApiException as exc:
             if exc.status != 409:
@@ -183,9 +192,9 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
     """Register every handler on ``registry``; they close over ``op``."""
     cfg = op.config
 
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         # kopf.operator() derives peering scope from the watch scope (namespaced here);
         # the peering object is cluster-wide so that replicas in any namespace see each other.

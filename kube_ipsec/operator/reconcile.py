@@ -244,7 +244,9 @@ class Reconciler:
 
     def _invalid(self, name: str, generation: int | None, previous: dict[str, Any],
                  problems: list[str], inputs: Inputs, highest: int) -> Outcome:
-        secret_body = inputs.secret if inputs.secret is not None else self.store.get(name)
+        secret_body = inputs.secret
+        if secret_body is None and highest > 0:
+            secret_body = self.store.get(name)
         stored = secrets.parse(secret_body)
         observation = status.Observation(
             generation=generation, now=inputs.now, spec_problems=problems, keys=stored.keys,
