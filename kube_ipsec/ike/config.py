@@ -60,7 +60,8 @@ class Identity:
 
 
 PskProvider = Callable[[Identity, Identity], Sequence[tuple[int, bytes]]]
-"""``(local_id, remote_id) -> [(generation, psk), ...]``: every generation still accepted."""
+"""``(local_id, remote_id) -> [(generation, psk), ...]``: every generation still accepted, the
+one to sign with (the tunnel's current generation) first; an empty list fails authentication."""
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 # SK { IDi, [IDr,] AUTH, [N(INITIAL_CONTACT),] [N(USE_TRANSPORT_MODE),] SAi2, TSi, TSr }  -->
 #                          <--  SK { IDr, AUTH, [N(USE_TRANSPORT_MODE),] SAr2, TSi, TSr }
 
-The initiator signs with its newest PSK generation; the responder learns IDi only now, asks the
-PSK provider for every generation valid for (its ID, IDi), accepts the one that verifies and
-signs its answer with it, so a rotation never needs both sides to switch at the same instant.
+The initiator signs with the provider's first PSK generation; the responder learns IDi only
+now, asks the PSK provider for every generation valid for (its ID, IDi), accepts the one that
+verifies and signs its answer with it, so a rotation never needs both sides to switch at once.
 A failure of the Child SA alone (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE) keeps the IKE SA.
 EAP (no AUTH payload) and other auth methods are refused with AUTHENTICATION_FAILED.
 """
