@@ -5,8 +5,8 @@ reconciliation costs no reads in the steady state. Every cause that may move a t
 funnels into :meth:`Operator.trigger`:
 
 * kopf's change handlers on IPsecTunnel (create, spec/annotation update, resume at start-up),
-* a per-tunnel timer (``--resync-interval``): due rotations, acknowledgement timeouts, Node
-  label changes,
+* a per-tunnel timer (``--resync-interval``): due rotations, acknowledgement timeouts,
+* Node label changes, for the tunnels that selected the node before or select it now,
 * IPsecNode changes to a tunnel's entry (acknowledgements advance a rotation at once rather
   than at the next tick; heartbeats alone trigger nothing),
 * key Secret changes (a deleted or damaged Secret is restored at once).
@@ -70,6 +70,7 @@ class Operator:
         self._queued: set[str] = set()
         self._highest: dict[str, int] = {}
         self._reports: dict[str, dict[str, Any]] = {}  # IPsecNode -> its tunnel entries
+        self._labels: dict[str, dict[str, str]] = {}  # Node -> its labels
         # Tunnel -> (resourceVersion reconciled from, status written): a stale cache entry
         # would otherwise cost a redundant status patch.
         self._status: dict[str, tuple[str | None, dict[str, Any]]] = {}
@@ -141,6 +142,25 @@ class Operator:
         if body is not None:
             self._reports[node] = copy.deepcopy(entries)
         return {t for t in entries.keys() | before.keys() if entries.get(t) != before.get(t)}
+
+    def tunnels_selecting(self, node: str, labels: Mapping[str, str] | None) -> set[str]:
+        """Tunnels whose membership may change with Node ``node``'s new ``labels``."""
+        before = self._labels.pop(node, None)
+        now = dict(labels) if labels is not None else None
+        if now is not None:
+            self._labels[node] = now
+        if before == now:
+            return set()
+        selected = set()
+        for name, body in self._all("tunnels_index").items():
+            selector = (body.get("spec") or {}).get("nodeSelector") or {}
+            try:
+                if any(contract.selector_matches(selector, lb) for lb in (before, now)
+                       if lb is not None):
+                    selected.add(name)
+            except (KeyError, TypeError, AttributeError):  # a malformed selector: let resync see
+                continue
+        return selected
 
     def _one(self, index: str, key: str) -> Any:
         store = self.indexes[index].get(key)
@@ -245,6 +265,12 @@ def register(registry: kopf.OperatorRegistry, op: Operator) -> None:
         tunnels = op.reported_tunnels_changed(name, None if type == "DELETED" else body)
         known = op.indexes["tunnels_index"]
         await asyncio.gather(*(op.trigger(t) for t in tunnels if t in known))
+
+    @kopf.on.event(*NODES, id="node-changed", registry=registry)
+    async def node_changed(name: str, type: str | None, labels: kopf.Labels, **_: Any) -> None:
+        tunnels = op.tunnels_selecting(name, None if type == "DELETED" else labels)
+        if type is not None:  # the initial listing: resume handlers reconcile everything anyway
+            await asyncio.gather(*(op.trigger(t) for t in tunnels))
 
     @kopf.on.event(*SECRETS, id="keysecret-changed", labels=KEY_SECRET_LABELS,
                    registry=registry)

@@ -25,3 +25,17 @@ def test_only_changed_tunnel_entries_wake_their_tunnels() -> None:
     assert op.reported_tunnels_changed("n1", ipsec_node(a2)) == {"b"}  # b dropped
     assert op.reported_tunnels_changed("n1", None) == {"a"}  # IPsecNode deleted
     assert op.reported_tunnels_changed("n2", ipsec_node()) == set()
+
+
+def test_node_label_changes_wake_the_tunnels_that_select_the_node() -> None:
+    op = operator()
+    tunnels = {
+        "web": {"spec": {"nodeSelector": {"matchLabels": {"role": "web"}}}},
+        "all": {"spec": {}},
+        "db": {"spec": {"nodeSelector": {"matchLabels": {"role": "db"}}}},
+    }
+    op.indexes = {"tunnels_index": {name: [body] for name, body in tunnels.items()}}
+    assert op.tunnels_selecting("n1", {"role": "web"}) == {"web", "all"}
+    assert op.tunnels_selecting("n1", {"role": "web"}) == set()  # unchanged labels
+    assert op.tunnels_selecting("n1", {"role": "db"}) == {"web", "db", "all"}  # left and joined
+    assert op.tunnels_selecting("n1", None) == {"db", "all"}  # Node deleted
