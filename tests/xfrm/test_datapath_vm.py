@@ -223,8 +223,12 @@ async def test_sas_installed_here_carry_traffic(suite, tmp_path):
                     counters = dumped[sa.spi].counters
                     assert (counters.bytes, counters.packets) == (nbytes, npackets)
                     assert npackets > 10
+                    # replay state: sequence numbers sent / highest received (no loss here)
+                    sequence = counters.oseq if sa is sa_pair.outbound else counters.seq
+                    assert sequence == npackets
+                    assert (counters.replay, counters.integrity_failed) == (0, 0)
                     print(f'{suite.name} {node.ns} spi 0x{sa.spi:08x}: '
-                          f'{npackets} packets {nbytes} bytes (ip -s agrees)')
+                          f'{npackets} packets {nbytes} bytes seq {sequence} (ip -s agrees)')
         finally:
             await left.kernel.close()
             await right.kernel.close()
