@@ -9,17 +9,20 @@ through NetlinkKernel:
 - tunnel mode encrypts pod-CIDR traffic (node IPs outside) and leaves node traffic alone;
 - an agent restart (adopting the kernel state) under ping loses nothing;
 - AH and ChaCha20-Poly1305 (without ESN) SAs are accepted and used on the wire;
+- IPv6-only nodes get IPv6 transport SAs that carry ping;
 - with real IKE sockets in each namespace, IKE crosses the wire through the per-socket bypass
-  although the pair's policies cover (and block) all other traffic between the nodes.
+  although the pair's policies cover (and block) all other traffic between the nodes; with
+  NAT-T forced, IKE floats to 4500 and ESP travels in UDP through the UDP_ENCAP socket.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 
 import pytest
 from pyroute2 import netns as pr_netns
 
-from kube_ipsec.agent import desired, ikesocket, peers, status
+from kube_ipsec.agent import desired, ikesocket, peers, status, translate
 from kube_ipsec.xfrm import NetlinkKernel
 from tests.agent import helpers
 from tests.agent.pair import Agent, eventually
@@ -30,12 +33,13 @@ pytestmark = pytest.mark.vm
 
 
 @contextlib.asynccontextmanager
-async def agents(pair, tunnel):
+async def agents(pair, tunnel, ipv6=False):
     link: dict = {}
-    nodes = [helpers.node("node-a", pair.left_ip, "10.244.0.0/24"),
-             helpers.node("node-b", pair.right_ip, "10.244.1.0/24")]
-    a = Agent("node-a", link, NetlinkKernel(pair.left), address=pair.left_ip, linger=0.5)
-    b = Agent("node-b", link, NetlinkKernel(pair.right), address=pair.right_ip, linger=0.5)
+    left, right = (pair.left_ip6, pair.right_ip6) if ipv6 else (pair.left_ip, pair.right_ip)
+    nodes = [helpers.node("node-a", left, "10.244.0.0/24"),
+             helpers.node("node-b", right, "10.244.1.0/24")]
+    a = Agent("node-a", link, NetlinkKernel(pair.left), address=left, linger=0.5)
+    b = Agent("node-b", link, NetlinkKernel(pair.right), address=right, linger=0.5)
     await a.start()
     await b.start()
     try:
@@ -142,10 +146,16 @@ async def test_other_protocols_reach_the_wire(tmp_path, spec, wire):
             assert any(f"spi=0x{spi:08x}" in text for spi in b.state("node-a").spis_in), text
 
 
-async def test_ike_crosses_the_wire_through_the_socket_bypass(tmp_path):
+@pytest.mark.parametrize("natt", [False, True])
+async def test_ike_crosses_the_wire_through_the_socket_bypass(tmp_path, monkeypatch, natt):
     """Real IKE sockets in each namespace: the node-to-node policies cover all traffic between
     the two addresses (UDP 500 included) and fail closed, so IKE gets through only because of
-    the per-socket bypass."""
+    the per-socket bypass. With NAT-T forced (as behind a NAT), IKE floats to 4500 and ESP is
+    UDP-encapsulated: the UDP_ENCAP socket hands the ESP to the kernel."""
+    if natt:
+        config = translate.peer_config
+        monkeypatch.setattr(translate, "peer_config", lambda peer: dataclasses.replace(
+            config(peer), force_encap=True))
     with veth_pair() as pair:
         nodes = [helpers.node("node-a", pair.left_ip), helpers.node("node-b", pair.right_ip)]
         keys = {"mesh": helpers.keyset()}
@@ -178,10 +188,26 @@ async def test_ike_crosses_the_wire_through_the_socket_bypass(tmp_path):
                     s.child_state == "INSTALLED" and s.ike_state == "ESTABLISHED"
                     for s in states()), 60)
             assert "isakmp" in cap.text().lower() or ".500 >" in cap.text()
-            assert await ping(pair, pair.left, pair.right_ip)
+            with capture(pair.right, pair.right_if, tmp_path / "esp.pcap",
+                         direction="in") as cap:
+                assert await ping(pair, pair.left, pair.right_ip)
+            esp = cap.esp()
+            assert esp and all(p.udp_encap is natt for p in esp)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for endpoint in endpoints:
                 endpoint.close()
+
+
+async def test_ipv6_only_nodes_encrypt(tmp_path):
+    with veth_pair(ipv6=True) as pair:
+        async with agents(pair, helpers.tunnel("mesh"), ipv6=True) as (a, b, apply):
+            apply({"mesh": helpers.keyset()})
+            await eventually(lambda: up(a, "node-b") and up(b, "node-a"), 60)
+            with capture(pair.right, pair.right_if, tmp_path / "v6.pcap", bpf="ip6",
+                         direction="in") as cap:
+                assert await ping(pair, pair.left, pair.right_ip6)
+            spis = set(cap.esp_spis())
+            assert spis and spis <= set(b.state("node-a").spis_in)
