@@ -41,6 +41,7 @@ ALGORITHMS = frozenset({
 
 class FakeEventStream:
     def __init__(self, kernel: FakeKernel) -> None:
+        self.overflows = 0
         self._kernel = kernel
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 

@@ -26,7 +26,13 @@ from kube_ipsec.xfrm.model import (
 
 
 class EventStream(Protocol):
-    """ACQUIRE and EXPIRE events; subscribed once entered, so nothing between is lost."""
+    """ACQUIRE and EXPIRE events; subscribed once entered, so nothing between is lost.
+
+    ``overflows`` counts the times the kernel dropped events because they were not read fast
+    enough (netlink ENOBUFS).
+    """
+
+    overflows: int
 
     async def __aenter__(self) -> EventStream: ...
 

@@ -12,6 +12,8 @@ replies and kernel notifications never share a queue.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from typing import Any
 
@@ -35,6 +37,7 @@ from kube_ipsec.xfrm.model import (
 )
 from kube_ipsec.xfrm.msgs import MarshalXfrm
 
+log = logging.getLogger(__name__)
 EVENT_GROUPS = (1 << (c.XFRMNLGRP_ACQUIRE - 1)) | (1 << (c.XFRMNLGRP_EXPIRE - 1))
 
 
@@ -46,9 +49,15 @@ class AsyncXfrmSocket(AsyncNetlinkSocket):
 
 
 class NetlinkEventStream:
-    """ACQUIRE/EXPIRE from the kernel; the multicast subscription starts on enter."""
+    """ACQUIRE/EXPIRE from the kernel; the multicast subscription starts on enter.
+
+    If events come faster than they are read, the kernel drops some and reports ENOBUFS on
+    the socket; the stream counts that in ``overflows`` and goes on (the agent's periodic
+    reconcile repairs what a lost event would have triggered).
+    """
 
     def __init__(self, netns: str | None) -> None:
+        self.overflows = 0
         self._netns = netns
         self._sock: AsyncXfrmSocket | None = None
         self._closed = False
@@ -73,9 +82,15 @@ class NetlinkEventStream:
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
-            async for msg in self._sock.get():
-                if (event := decode_event(msg)) is not None:
-                    self._pending.append(event)
+            try:
+                async for msg in self._sock.get():
+                    if (event := decode_event(msg)) is not None:
+                        self._pending.append(event)
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.overflows += 1
+                log.warning('XFRM event socket overflowed: ACQUIRE/EXPIRE events were lost')
         return self._pending.pop(0)
 
 
