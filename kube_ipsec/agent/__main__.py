@@ -42,7 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[daemon.Options, str]:
     p.add_argument("--apiserver-port", type=int, action="append", dest="apiserver_ports",
                    help="TCP port(s) of the API server endpoints to keep in plaintext "
                    "(repeatable; default 6443, plus the kubeconfig server's port)")
-    p.add_argument("--link-mtu", type=int, default=1500, help="for the reported inner MTU")
+    p.add_argument("--link-mtu", type=int, default=0, help="for the reported inner MTU "
+                   "(default: the MTU of the interface holding the IKE address)")
     p.add_argument("--status-interval", type=float, default=30.0, help="heartbeat seconds")
     p.add_argument("--no-socket-bypass", action="store_true",
                    help="skip the per-socket XFRM bypass (tests without CAP_NET_ADMIN only)")

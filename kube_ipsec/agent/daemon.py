@@ -53,7 +53,7 @@ class Options:
     apiserver_ports: tuple[int, ...] = (6443,)
     socket_bypass: bool = True
     fake_kernel: bool = False
-    link_mtu: int = 1500
+    link_mtu: int = 0  # 0: the MTU of the interface holding the IKE address
     status_interval: float = 30.0
     counters_interval: float = 15.0
     linger: float = 5.0
@@ -72,6 +72,7 @@ class Daemon:
         self._changed = asyncio.Event()
         self._status_due = asyncio.Event()
         self._desired: desired.Desired | None = None
+        self._link_mtu = 1500
 
     @property
     def ready(self) -> bool:
@@ -116,6 +117,7 @@ class Daemon:
             else:
                 log.warning("node %s has no InternalIP yet", opts.node_name)
                 await asyncio.sleep(2)
+        self._link_mtu = opts.link_mtu or mtu.link_mtu(address) or 1500
         if self.kernel is None:
             self.kernel = _make_kernel(opts.fake_kernel)
         api_port = urllib.parse.urlsplit(api_url).port or 443
@@ -193,7 +195,7 @@ class Daemon:
         for peer in self._desired.peers.values():
             spec = peer.spec
             out[peer.tunnel] = mtu.inner_mtu(
-                self.options.link_mtu, mode=spec.mode.value, protocol=spec.protocol.value,
+                self._link_mtu, mode=spec.mode.value, protocol=spec.protocol.value,
                 cipher=spec.cipher, integrity=spec.integrity,
                 family=ipaddress.ip_address(peer.remote_address).version)
         return out

@@ -20,7 +20,7 @@ import kubernetes
 import pytest
 
 from kube_ipsec import contract
-from kube_ipsec.agent import daemon
+from kube_ipsec.agent import daemon, mtu
 from kube_ipsec.xfrm.fake import FakeKernel
 from tests.agent import helpers
 from tests.agent.test_watchers_apiserver import eventually
@@ -113,6 +113,8 @@ async def test_two_daemons_negotiate_over_loopback_and_report(apiserver, cluster
             assert contract.node_generation_in_use(obj, "loop") == 1
             assert contract.node_generations_loaded(obj, "loop") == [1]
             assert obj["status"]["address"] == NODES[name]
+            link = mtu.link_mtu(NODES[name]) or 1500  # 127.0.0.2 is on no interface
+            assert obj["status"]["tunnels"][0]["mtu"] == mtu.inner_mtu(link, mode="transport")
         sas = {n: {(str(s.dst), s.spi) for s in k.sas.values() if s.aead}
                for n, k in kernels.items()}
         assert sas["node-a"] == sas["node-b"] and len(sas["node-a"]) == 2

@@ -3,8 +3,11 @@
 - known figures for 1500-byte links (AES-GCM transport/tunnel, NAT-T, AH, IPv6);
 - ``inner_mtu`` is exactly the largest inner packet whose protected size fits the link,
   checked against an independent per-packet size computation for many link MTUs;
-- AH refuses UDP encapsulation.
+- AH refuses UDP encapsulation;
+- the link MTU is read from the interface holding the address (IPv4 and IPv6).
 """
+
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -51,3 +54,14 @@ def test_inner_mtu_is_the_largest_packet_that_fits(link, mode, family, udp):
 def test_ah_cannot_be_udp_encapsulated():
     with pytest.raises(ValueError, match="AH"):
         mtu.inner_mtu(1500, mode="transport", protocol="ah", udp_encap=True)
+
+
+def test_link_mtu_of_the_interface_holding_an_address(tmp_path):
+    assert mtu.link_mtu("127.0.0.1") == int(Path("/sys/class/net/lo/mtu").read_text())
+    assert mtu.link_mtu("192.0.2.254") is None
+    (tmp_path / "eth9").mkdir()
+    (tmp_path / "eth9" / "mtu").write_text("1450\n")
+    inet6 = tmp_path / "if_inet6"
+    inet6.write_text("20010db8000000000000000000000001 09 40 00 80     eth9\n")
+    assert mtu.link_mtu("2001:db8::1", sys_net=str(tmp_path), if_inet6=str(inet6)) == 1450
+    assert mtu.link_mtu("2001:db8::2", sys_net=str(tmp_path), if_inet6=str(inet6)) is None
