@@ -209,11 +209,30 @@ class Engine:
         sa = IkeSa(self, self._new_id(), old.peer, initiator, spi_i, spi_r, old.local,
                    old.remote, now, state=IkeState.ESTABLISHED, ni=ni, nr=nr,
                    remote_id=old.remote_id, psk_generation=old.psk_generation,
-                   local_nat=old.local_nat, remote_nat=old.remote_nat, established_at=now)
+                   local_nat=old.local_nat, remote_nat=old.remote_nat, established_at=now,
+                   origin_nonce=old.origin_nonce)
         sa.set_keys(selected, seed)
         sa.schedule_rekey(now)
         self._register(sa)
         return sa
+
+    def deduplicate(self, sa: IkeSa, now: float) -> None:
+        """Two IKE SAs with one peer (both sides initiated, or both reauthenticated at once):
+        as for rekey collisions, the one whose lineage began with the lowest nonce is redundant
+        and its initiator deletes it, so both ends keep the same one. A reauthentication and
+        the SA it replaces are not duplicates."""
+        for other in list(self._by_id.values()):
+            if (other is sa or not other.announced or other.remote_id != sa.remote_id
+                    or other.remote[0] != sa.remote[0] or sa.replaces == other.id
+                    or other.replaces == sa.id
+                    or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYING)):
+                continue
+            redundant = sa if sa.origin_nonce < other.origin_nonce else other
+            if redundant.initiator and not redundant.mgr.has_queued(IkeDelete):
+                self.stats.failures["duplicate_ike_sa"] += 1
+                redundant.mgr.queue(IkeDelete(redundant, True, events.Reason.REDUNDANT))
+                if redundant is not sa:  # sa is mid-exchange: its manager starts it next
+                    redundant.mgr.initiate(now)
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """The peer says it lost all state: drop SAs with it that predate this one."""

@@ -92,6 +92,7 @@ class IkeSa:
     rekeyed_at: float | None = None  # REKEYED: when the successor took over
     successor: IkeSa | None = None  # REKEYED: the IKE SA that holds our Child SAs now
     replaces: int | None = None
+    origin_nonce: bytes = b""  # min(Ni, Nr) of the IKE_SA_INIT that began this SA's lineage
     announced: bool = False  # IkeSaEstablished/IkeSaRekeyed was emitted for it
     delete_reason: events.Reason = events.Reason.LOCAL
     mgr: TaskManager = field(init=False)
@@ -184,6 +185,8 @@ class IkeSa:
             self.local_id, self.remote_id, self.psk_generation, str(self.selected),
             self.local_nat, self.remote_nat, self.replaces))
         self.engine.stats.established["ike"] += 1
+        self.origin_nonce = min(self.ni, self.nr)
+        self.engine.deduplicate(self, now)
 
     def schedule_rekey(self, now: float) -> None:
         if self.peer.ike_rekey_time > 0:

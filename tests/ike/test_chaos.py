@@ -2,9 +2,6 @@
 
 - both peers fire random operations at the same time (child/IKE rekeys, reauthentication,
   DPD, child deletes, new Child SAs) while datagrams are reordered, duplicated or lost;
-- reauthentication is fired by one side only: two peers reauthenticating at the same moment
-  end with two IKE SAs (both consistent), so the agent lets one node of a pair (the lower
-  name) drive reauthentication, as it does for rekeys;
 - after the network heals and the clock runs on, both ends agree: one IKE SA (same SPI pair)
   holding mirrored Child SAs with the same keys, none lost; nothing was dropped as an
   internal error, and no timer is left in the past.
@@ -32,7 +29,7 @@ def fire(pair: Pair, node: Node, op: str) -> None:
     sa = sas[0]
     if op == "rekey_ike":
         engine.rekey_ike(sa.ike_sa, pair.now)
-    elif op == "reauthenticate" and node is pair.a:  # one side only: see the module docstring
+    elif op == "reauthenticate":
         engine.reauthenticate(sa.ike_sa, pair.now)
     elif op == "dpd":
         engine.dpd(sa.ike_sa, pair.now)

@@ -74,6 +74,21 @@ def test_responder_side_can_initiate_too():
                     pair.b.of(ike.ChildSaEstablished)[0].child)
 
 
+def test_simultaneous_initiation_from_both_sides_keeps_one_ike_sa():
+    pair = Pair()
+    pair.a.engine.initiate(pair.a.peer, pair.now)
+    pair.b.engine.initiate(pair.b.peer, pair.now)
+    pair.pump()
+    [sa_a], [sa_b] = pair.a.engine.snapshot(), pair.b.engine.snapshot()
+    assert (sa_a.local_spi, sa_a.remote_spi) == (sa_b.remote_spi, sa_b.local_spi)
+    assert len(sa_a.children) == len(sa_b.children) == 1
+    dups = [n.engine.stats.failures["duplicate_ike_sa"] for n in pair.nodes()]
+    assert sorted(dups) == [0, 1]  # only the initiator of the redundant SA deleted it
+    deleter, other = pair.nodes() if dups[0] else pair.nodes()[::-1]
+    assert [e.reason for e in deleter.of(ike.IkeSaDeleted)] == [ike.Reason.REDUNDANT]
+    assert [e.reason for e in other.of(ike.IkeSaDeleted)] == [ike.Reason.PEER]
+
+
 def test_psk_rotation_responder_accepts_either_generation_and_reports_it():
     new = bytes(range(100, 132))
     pair = Pair(a_psks=[(2, new)], b_psks=[(1, PSK), (2, new)])

@@ -24,8 +24,8 @@ class IkeDelete(Task):
         self.reason = reason
 
     def migrate(self, sa: IkeSa) -> Task | None:
-        """A delete we asked for (API, end of a reauthentication) follows the rekeyed SA."""
-        if self.reason in (events.Reason.LOCAL, events.Reason.REPLACED):
+        """A delete we decided on (API, reauthentication, duplicate) follows the rekeyed SA."""
+        if self.reason in (events.Reason.LOCAL, events.Reason.REPLACED, events.Reason.REDUNDANT):
             return IkeDelete(sa, True, self.reason)
         return None
 
