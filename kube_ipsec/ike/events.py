@@ -33,7 +33,7 @@ class Reason(enum.StrEnum):
     LOCAL = "local"  # our API call (delete_child / delete_ike)
     PEER = "peer"  # the peer sent a DELETE
     REKEYED = "rekeyed"  # superseded by a rekeyed SA
-    REDUNDANT = "redundant"  # lost a simultaneous-rekey collision
+    REDUNDANT = "redundant"  # lost a rekey collision, or a duplicate IKE SA with the same peer
     IKE_DELETED = "ike_deleted"  # the Child SA went with its IKE SA
     DEAD_PEER = "dead_peer"  # retransmissions exhausted
     AUTH_FAILED = "auth_failed"
