@@ -3,7 +3,9 @@
 One handshake = IKE_SA_INIT + IKE_AUTH with its Child SA: PSK, AES-GCM-256 + PRF-HMAC-SHA256 +
 x25519 for IKE, ESP AES-GCM-256 (no ESN) in tunnel mode between two /32 selectors, UDP
 encapsulation on the NAT-T port. Both pairs keep ``--window`` handshakes in flight until N have
-completed, and print handshakes/s; the closing line is our rate over strongSwan's.
+completed, and print handshakes/s of wall clock and per CPU-second of both sides; ``--rounds``
+alternate the two, and the closing line compares the best round of each (this machine is
+shared: single rounds vary by 3x).
 
     .venv/bin/python benchmarks/ike_handshakes.py 1000            # as root (netns, /dev/net/tun)
     .venv/bin/python benchmarks/ike_handshakes.py 1000 --window 4 --only ours
@@ -26,6 +28,12 @@ userspace stand-in in the same place:
   that every initiate is a full handshake rather than a CREATE_CHILD_SA in an existing IKE SA,
   and 16 + 2 x window worker threads (a blocking vici initiate holds one until it completes;
   with the default 16 and 8 in flight, charon starved and stalled for its retransmit timer).
+
+Each line also says how many IKE SAs the initiator holds at the end. Our engine keeps one IKE SA
+per peer and deletes the older duplicate after each handshake (an extra INFORMATIONAL exchange
+counted in our time); charon runs with ``unique = never`` and keeps all N (with ``replace`` it
+only schedules the deletes 10 s later, "suspected reauthentication", outside the measurement).
+So strongSwan does less work per handshake here: the comparison is conservative for us.
 """
 
 from __future__ import annotations
@@ -104,6 +112,10 @@ class Side:
             self.socks[port] = sock
         self.children = self.failed = 0
 
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close()
+
     def pump(self, now: float) -> None:
         """Apply the engine's events, then send what it produced (the agent's order)."""
         engine = self.engine
@@ -151,6 +163,7 @@ def _responder(conn: Connection, host: str, peer_host: str) -> None:
                 conn.send(time.process_time())
             else:
                 conn.send((side.children, side.failed, len(side.kernel.installed)))
+                side.close()
                 return
 
 
@@ -165,6 +178,7 @@ class Result:
     n: int
     wall: float  # seconds for n handshakes
     cpu: float  # CPU seconds of both sides meanwhile
+    alive: int  # IKE SAs the initiator still holds at the end
     detail: str
 
     @property
@@ -197,20 +211,26 @@ def run_ours(n: int, window: int) -> Result:
                 raise RuntimeError(f"{side.failed} handshakes failed: {side.engine.stats}")
         return time.monotonic() - start
 
-    handshakes(window)  # warm-up, not counted
-    parent.send("cpu")
-    cpu = -time.process_time() - parent.recv()
-    elapsed = handshakes(n)
-    parent.send("cpu")
-    cpu += time.process_time() + parent.recv()
-    parent.send("stop")
-    children, failed, installed = parent.recv()
-    responder.join(10)
+    try:
+        handshakes(window)  # warm-up, not counted
+        parent.send("cpu")
+        cpu = -time.process_time() - parent.recv()
+        elapsed = handshakes(n)
+        parent.send("cpu")
+        cpu += time.process_time() + parent.recv()
+        parent.send("stop")
+        children, failed, installed = parent.recv()
+    finally:
+        side.close()
+        responder.join(10)
+        if responder.is_alive():
+            responder.kill()
     total = n + window
     if (children, failed, installed) != (total, 0, total):
         raise RuntimeError(f"responder saw {children} Child SAs, {failed} failures")
-    return Result(n, elapsed, cpu, f"responder installed {installed} Child SAs, retransmits "
-                                   f"{side.engine.stats.retransmits}")
+    alive = len(side.engine.snapshot())
+    return Result(n, elapsed, cpu, alive, f"responder installed {installed} Child SAs, "
+                                          f"retransmits {side.engine.stats.retransmits}")
 
 
 def run_strongswan(n: int, window: int) -> Result:
@@ -269,38 +289,45 @@ def run_strongswan(n: int, window: int) -> Result:
             cpu += sum(cpu_seconds(pid) for pid in pids)
             if errors:
                 raise RuntimeError(f"strongSwan handshakes failed: {errors[0]!r}")
-            established = len(right.established())
-            encap = right.sas()[0]["child-sas"]
-            mode = next(iter(encap.values()))["mode"] if encap else "?"
+            time.sleep(0.5)  # deletes of replaced IKE SAs, if any, complete
+            alive = len(left.established())
+            children = [c for sa in right.sas() for c in sa.get("child-sas", {}).values()]
+            mode = children[0]["mode"] if children else "?"
+            stats = right.stats()
         finally:
             left.stop()
             right.stop()
-    if established != n + 1:
-        raise RuntimeError(f"responder charon has {established} IKE SAs, expected {n + 1}")
-    return Result(n, elapsed, cpu, f"responder has {established} IKE SAs, Child SAs {mode}-in-UDP"
-                                   f" via kernel-libipsec")
+    return Result(n, elapsed, cpu, alive, f"responder: {stats['ikesas']['total']} IKE SAs, "
+                                          f"Child SAs {mode}-in-UDP via kernel-libipsec")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", type=int, nargs="?", default=1000, help="handshakes (default 1000)")
     parser.add_argument("--window", type=int, default=8, help="handshakes in flight (default 8)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of both; the best of each is compared (default 3)")
     parser.add_argument("--only", choices=("ours", "strongswan"))
     args = parser.parse_args()
-    print(f"{args.n} handshakes each, {args.window} in flight; load average before: "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
-    results = {}
-    runs = (("ours", "ours (kube_ipsec.ike, 2 processes, loopback)", run_ours),
-            ("strongswan", "strongSwan 5.9.8 (2 charons, veth)", run_strongswan))
-    for key, label, run in runs:
-        if args.only in (None, key):
-            r = results[key] = run(args.n, args.window)
-            print(f"{label:46} {r.rate:8.1f} handshakes/s wall ({r.wall:.2f} s), "
-                  f"{r.per_cpu:8.1f} per CPU-second ({r.cpu:.2f} CPU-s); {r.detail}", flush=True)
-    if len(results) == 2:
+    print(f"{args.n} handshakes each, {args.window} in flight, {args.rounds} rounds; load average "
+          f"before: {os.getloadavg()[0]:.1f}", flush=True)
+    results: dict[str, list[Result]] = {"ours": [], "strongswan": []}
+    labels = {"ours": "ours (kube_ipsec.ike, 2 processes, loopback)",
+              "strongswan": "strongSwan 5.9.8 (2 charons, veth)"}
+    for _ in range(args.rounds):
+        for key, label in labels.items():
+            if args.only in (None, key):
+                r = (run_ours if key == "ours" else run_strongswan)(args.n, args.window)
+                results[key].append(r)
+                print(f"{label:46} {r.rate:8.1f} handshakes/s wall ({r.wall:.2f} s), "
+                      f"{r.per_cpu:8.1f} per CPU-second ({r.cpu:.2f} CPU-s); "
+                      f"{r.alive} IKE SAs alive at the end; {r.detail}", flush=True)
+    if results["ours"] and results["strongswan"]:
         ours, theirs = results["ours"], results["strongswan"]
-        print(f"ratio ours/strongSwan: {ours.rate / theirs.rate:.2f}x wall-clock rate, "
-              f"{ours.per_cpu / theirs.per_cpu:.2f}x per CPU-second (target >= 2x)")
+        wall = max(r.rate for r in ours) / max(r.rate for r in theirs)
+        cpu = max(r.per_cpu for r in ours) / max(r.per_cpu for r in theirs)
+        print(f"ratio ours/strongSwan, best round of each: {wall:.2f}x wall-clock rate, "
+              f"{cpu:.2f}x per CPU-second (target >= 2x)")
 
 
 if __name__ == "__main__":

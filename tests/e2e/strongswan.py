@@ -85,7 +85,8 @@ def peer_conn(local: str, remote: str, *, mode: str = "transport",
               esp_proposals: str = "aes256gcm16-esn,aes256gcm16-noesn",
               local_ts: str = "dynamic", remote_ts: str = "dynamic",
               rekey_time: str = "0", dpd_delay: str = "0s", encap: str = "no",
-              local_id: str | None = None, remote_id: str | None = None) -> dict[str, Any]:
+              local_id: str | None = None, remote_id: str | None = None,
+              unique: str = "never") -> dict[str, Any]:
     """The vici form of one swanctl connection ``peer`` with Child SA ``node`` (PSK, IDs =
     addresses unless given). Rekeying on its own is off (rekey_time 0): tests say when."""
     return {CONN: {
@@ -99,7 +100,7 @@ def peer_conn(local: str, remote: str, *, mode: str = "transport",
         "encap": encap,
         "mobike": "no",  # otherwise charon floats IKE to 4500 after IKE_SA_INIT
         "fragmentation": "no",
-        "unique": "never",
+        "unique": unique,
         "local": {"auth": "psk", "id": local_id or local},
         "remote": {"auth": "psk", "id": remote_id or remote},
         "children": {CHILD: {
