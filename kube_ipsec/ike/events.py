@@ -12,6 +12,10 @@ Child SA life, as the kernel sees it (make-before-break, research/ikev2.md §5):
   ``ChildSaOutboundActivated`` (the peer's DELETE of the old SA).
 - ``ChildSaDeleted``: remove the outbound SA now and the inbound SA after a short delay
   (``reason == REKEYED``: packets in flight) or at once.
+- In a simultaneous rekey one side may see two ``ChildSaRekeyed`` for the same ``old``: install
+  both; only ``outbound_active``/``ChildSaOutboundActivated`` moves the policy, and the
+  redundant one is ``ChildSaDeleted`` shortly after.
+- After ``IkeSaRekeyed`` the Child SAs keep their SPIs; later events carry the new ``ike_sa``.
 
 IKE SAs are named by ``ike_sa``, a small integer the engine hands out (``Engine.initiate``
 returns it); Child SAs by their inbound SPI, which the kernel allocated (``provide_spis``).
