@@ -415,6 +415,8 @@ class PeerManager:
         log.info("IKE SA %d with %s/%s established (key generation %d, %s)", event.ike_sa,
                  peer.want.tunnel, peer.want.name, event.psk_generation,
                  "initiator" if event.initiator else "responder")
+        # the generation may have become current while this SA was being negotiated
+        self._maybe_initiate(peer, asyncio.get_running_loop().time())
 
     def _ike_down(self, peer: peerstate.Peer, event: ike.IkeSaDeleted) -> None:
         self.owner.pop(event.ike_sa, None)

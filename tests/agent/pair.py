@@ -72,6 +72,7 @@ class Agent:
         self.link = link
         self.sent: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.blocked = False
+        self.drop: Any = None  # drop(n) -> True loses the n-th datagram this agent sends
         self.manager = peers.PeerManager(
             self.kernel, self._send, local_address=self.address, linger=linger,
             bypass_ports=(6443,), random=seeded_random(hash(name) & 0xFFFF))
@@ -80,6 +81,8 @@ class Agent:
 
     def _send(self, data, src, dst):
         self.sent.append((data, src, dst))
+        if self.drop is not None and self.drop(len(self.sent)):
+            return
         other = self.link.get(dst[0])
         if other is not None and not self.blocked and not other.blocked:
             other.manager.datagram_received(data, src, dst)

@@ -261,3 +261,17 @@ async def test_every_spec_variant_negotiates_into_matching_kernel_sas(pair, spec
     assert sa.replay_window == spec.get("replayWindow", 1024)
     fwd = [p for p in a.kernel.policies.values() if p.dir is xm.Dir.FWD]
     assert len(fwd) == (1 if spec.get("mode") == "tunnel" else 0)
+
+
+async def test_generation_switched_during_negotiation_still_ends_on_the_new_one(pair):
+    a, b = pair
+    old, new = {"mesh": helpers.keyset(1, (1, 2))}, {"mesh": helpers.keyset(2, (1, 2))}
+    a.drop = lambda n: n == 2  # IKE_AUTH (signed with generation 1) is lost once
+    a.apply(MESH, old, TWO_NODES)
+    b.apply(MESH, old, TWO_NODES)
+    await eventually(lambda: len(a.sent) >= 2)
+    a.apply(MESH, new, TWO_NODES)  # current changes while IKE_AUTH waits for its retransmission
+    b.apply(MESH, new, TWO_NODES)
+    await eventually(lambda: up(a, "node-b") and up(b, "node-a")
+                     and a.state("node-b").key_generation == 2
+                     and b.state("node-a").key_generation == 2)
