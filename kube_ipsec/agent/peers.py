@@ -425,6 +425,8 @@ class PeerManager:
             peer.connecting = None
         if peer.ike_sas:
             peer.state.key_generation = peer.ike_sas[max(peer.ike_sas)][0]
+            if not event.established:  # a failed re-authentication: try again later
+                self._schedule_retry(peer)
             return
         peer.state.ike_state = (status.IKE_FAILED if event.reason in (
             ike.Reason.AUTH_FAILED, ike.Reason.NEGOTIATION_FAILED, ike.Reason.DEAD_PEER,

@@ -6,6 +6,8 @@ with a FakeKernel and its own IKE engine, over a fake link:
 - a staged generation (above current) is accepted but not used; once it becomes current the
   initiator re-authenticates; the new IKE SA's child is switched to before the old SAs go
   (make-before-break), and both report the new generation;
+- a generation that becomes current mid-negotiation, or a re-authentication that fails
+  (the peer lacks the key yet), still ends on the new generation;
 - a removed peer's SAs and policies are deleted;
 - a restarted agent adopts the kernel state, keeps traffic on it until a new Child SA is up,
   then removes the old SAs; state nobody wants is removed;
@@ -275,3 +277,17 @@ async def test_generation_switched_during_negotiation_still_ends_on_the_new_one(
     await eventually(lambda: up(a, "node-b") and up(b, "node-a")
                      and a.state("node-b").key_generation == 2
                      and b.state("node-a").key_generation == 2)
+
+
+async def test_failed_reauthentication_is_retried(pair):
+    a, b = pair
+    await bring_up(a, b, {"mesh": helpers.keyset(1, (1,))})
+    # a believes 2 is current, b has not loaded 2 yet: a's re-authentication fails ...
+    a.apply(MESH, {"mesh": helpers.keyset(2, (1, 2))}, TWO_NODES)
+    await eventually(lambda: a.manager.peers[("mesh", "node-b")].retry is not None)
+    assert a.state("node-b").key_generation == 1 and up(a, "node-b")  # the old SA still serves
+    # ... and succeeds on a retry once b has it
+    b.apply(MESH, {"mesh": helpers.keyset(2, (1, 2))}, TWO_NODES)
+    a.manager.peers[("mesh", "node-b")].retry.cancel()
+    a.manager.queue.put_nowait(("retry", ("mesh", "node-b")))
+    await eventually(lambda: a.state("node-b").key_generation == 2 and up(a, "node-b"))
