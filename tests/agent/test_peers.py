@@ -16,6 +16,7 @@ with a FakeKernel and its own IKE engine, over a fake link:
 - an ACQUIRE makes the pair's responder initiate, but only after a grace period;
 - every spec variant (AH, ChaCha20, no PFS/ESN, tunnel mode, other IKE groups) negotiates
   into identical SAs on both kernels with the spec's parameters;
+- Child SA rekeys and an IKE SA rekey, started by either side, keep both kernels in step;
 - across the pair, no side pins its out policy to an SPI before the other side installed the
   inbound SA for it — on first contact, re-authentication and restart (one shared journal).
 """
@@ -291,3 +292,37 @@ async def test_failed_reauthentication_is_retried(pair):
     a.manager.peers[("mesh", "node-b")].retry.cancel()
     a.manager.queue.put_nowait(("retry", ("mesh", "node-b")))
     await eventually(lambda: a.state("node-b").key_generation == 2 and up(a, "node-b"))
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+async def test_child_and_ike_rekeys_switch_without_a_gap(side):
+    shared: list = []
+    link: dict = {}
+    a, b = Agent("node-a", link), Agent("node-b", link)
+    a.kernel.ops, b.kernel.ops = Journal("node-a", shared), Journal("node-b", shared)
+    await a.start()
+    await b.start()
+    await bring_up(a, b, {"mesh": helpers.keyset()})
+    rekeyer = a if side == "initiator" else b
+    peer_name = "node-b" if rekeyer is a else "node-a"
+    peer = rekeyer.manager.peers[("mesh", peer_name)]
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        old_in = set(peer.children)
+        rekeyer.manager.engine.rekey_child(peer.active, loop.time())
+        rekeyer.manager.queue.put_nowait(("timer",))
+        await eventually(lambda old_in=old_in: set(peer.children).isdisjoint(old_in)
+                         and len(peer.children) == 1 and peer.active in peer.children)
+        await eventually(lambda: len(valid_sas(a)) == 2 and len(valid_sas(b)) == 2)
+    ike_before = set(peer.ike_sas)
+    rekeyer.manager.engine.rekey_ike(max(peer.ike_sas), loop.time())
+    rekeyer.manager.queue.put_nowait(("timer",))
+    await eventually(lambda: set(peer.ike_sas).isdisjoint(ike_before) and len(peer.ike_sas) == 1)
+    assert up(a, "node-b") and up(b, "node-a")
+    assert peer.state.last_rekey is not None
+    assert pins_precede_peer_inbound(shared, ADDRESSES) == []
+    for sender, receiver in ((a, b), (b, a)):
+        spi = out_policy(sender).templates[0].spi
+        assert any(str(s.dst) == receiver.address and s.spi == spi for s in valid_sas(receiver))
+    await a.stop()
+    await b.stop()
