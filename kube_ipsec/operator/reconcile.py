@@ -160,7 +160,7 @@ class Reconciler:
         )
         outcome.status = status.desired(previous, observation)
         outcome.highest = highest
-        self._transitions(name, previous, outcome)
+        self._announce(name, previous, outcome, observation)
         self._write_status(name, previous, outcome.status)
         return outcome
 
@@ -254,31 +254,24 @@ class Reconciler:
             last_rotation=status.last_rotation(previous, stored.keys),
         )
         outcome = Outcome(status=status.desired(previous, observation), highest=highest)
-        self._transitions(name, previous, outcome)
+        self._announce(name, previous, outcome, observation)
         self._write_status(name, previous, outcome.status)
         return outcome
 
-    def _transitions(self, name: str, previous: Mapping[str, Any], outcome: Outcome) -> None:
+    def _announce(self, name: str, previous: Mapping[str, Any], outcome: Outcome,
+                  observation: status.Observation) -> None:
         """Warning Events for problems that appear or change (not on every pass)."""
-        announced = self._announced.setdefault(name, set())
-        current = set()
-        for ctype, reason in (
-            (contract.Condition.READY, "InvalidSpec"),
-            (contract.Condition.DEGRADED, "AcknowledgementTimeout"),
-            (contract.Condition.DEGRADED, "PeerSecretMissing"),
-        ):
-            now = status.condition(outcome.status, ctype)
-            if now.get("reason") != reason:
-                continue
-            problem = (reason, str(now.get("message")))
-            current.add(problem)
-            before = status.condition(previous, ctype)
-            if problem in announced or (before.get("reason"), before.get("message")) == problem:
-                continue
-            outcome.notices.append(Notice("Warning", *problem))
+        announced = self._announced.get(name, set())
+        # A condition's message may join several problems (Degraded does).
+        shown = [str(c.get("message")) for c in previous.get("conditions") or []
+                 if c.get("status") == ("False" if c.get("type") == "Ready" else "True")]
+        current = set(status.problems(observation))
+        for problem in status.problems(observation):
+            if problem not in announced and not any(problem[1] in m for m in shown):
+                outcome.notices.append(Notice("Warning", *problem))
         timeout = "AcknowledgementTimeout"
-        had = {r for r, _ in announced} | {
-            status.condition(previous, contract.Condition.DEGRADED).get("reason")}
+        degraded = status.condition(previous, contract.Condition.DEGRADED)
+        had = {reason for reason, _ in announced} | {degraded.get("reason")}
         outcome.timed_out = timeout not in had and any(r == timeout for r, _ in current)
         self._announced[name] = current
 

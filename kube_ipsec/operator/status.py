@@ -158,8 +158,23 @@ def _rotating(obs: Observation) -> tuple[contract.Condition, str, str, str]:
     return kind, "True", plan.phase.value, what
 
 
+def problems(obs: Observation) -> list[tuple[str, str]]:
+    """Everything wrong, as (reason, message), worst first: what Warning Events announce."""
+    found: list[tuple[str, str]] = []
+    if obs.spec_problems:
+        found.append(("InvalidSpec", "; ".join(obs.spec_problems)))
+    return found + _degradations(obs)
+
+
 def _degraded(obs: Observation) -> tuple[contract.Condition, str, str, str]:
-    kind, plan = contract.Condition.DEGRADED, obs.plan
+    kind, found = contract.Condition.DEGRADED, _degradations(obs)
+    if not found:
+        return kind, "False", "AsExpected", "nothing degraded"
+    return kind, "True", found[0][0], "; ".join(message for _, message in found)
+
+
+def _degradations(obs: Observation) -> list[tuple[str, str]]:
+    plan = obs.plan
     problems: list[tuple[str, str]] = []
     if plan is not None and plan.timed_out and obs.keys is not None:
         generation = obs.keys.newest
@@ -171,9 +186,7 @@ def _degraded(obs: Observation) -> tuple[contract.Condition, str, str, str]:
         ))
     if obs.peer_problems:
         problems.append(("PeerSecretMissing", "; ".join(obs.peer_problems)))
-    if not problems:
-        return kind, "False", "AsExpected", "nothing degraded"
-    return kind, "True", problems[0][0], "; ".join(message for _, message in problems)
+    return problems
 
 
 def condition(status: Mapping[str, Any], ctype: contract.Condition) -> Mapping[str, Any]:

@@ -288,3 +288,19 @@ def test_external_peer_psk_is_copied_and_missing_one_degrades(world: World) -> N
     assert world.keyset().peer_psks == {"gw": b"p" * 40}
     assert world.keyset().numbers == [1]
     assert cond(world, contract.Condition.DEGRADED)["status"] == "False"
+
+
+def test_every_problem_is_announced_even_when_another_leads_degraded(world: World) -> None:
+    world.report("a", [1], 1)
+    world.run()
+    world.annotations[contract.ANNOTATION_ROTATE_NOW] = "r1"
+    world.run()
+    world.spec["mode"] = "tunnel"
+    world.spec["peers"] = [
+        {"name": "gw", "address": "192.0.2.1", "pskSecretRef": {"name": "gw-psk"}},
+    ]
+    outcome = world.run(minutes=1)
+    assert cond(world, contract.Condition.DEGRADED)["reason"] == "AcknowledgementTimeout"
+    assert sorted(n.reason for n in outcome.notices) == [
+        "AcknowledgementTimeout", "PeerSecretMissing"]
+    assert world.run(minutes=2).notices == []
