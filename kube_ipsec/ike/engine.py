@@ -11,10 +11,16 @@ answers new IKE_SA_INIT requests (statelessly with a COOKIE once ``cookie_thresh
 half open; the cookie is an HMAC under a secret that rotates every ``cookie_secret_lifetime``),
 and turns every malformed or unexpected datagram into a counted drop
 (``stats.dropped[reason]``): nothing a peer sends can raise out of ``receive_datagram``.
+
+No input costs time in proportion to the number of IKE SAs (one agent holds one per peer):
+deadlines live in a heap with one live entry per SA, rescheduled only for the SAs an input
+touched (``touch``); SPIs resume only the SAs waiting for them; SAs are indexed by peer address
+for the duplicate, INITIAL_CONTACT and Child SA owner look-ups.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
 from collections import deque
 from collections.abc import Iterable
@@ -48,6 +54,15 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}  # by our SPI
         self._by_id: dict[int, IkeSa] = {}
         self._half_open: dict[tuple[str, bytes], IkeSa] = {}  # (peer host, SPIi)
+        self._connecting: set[IkeSa] = set()  # responder SAs still in IKE_SA_INIT/IKE_AUTH
+        self._by_host: dict[str, dict[IkeSa, None]] = {}  # by remote address (ordered)
+        # timers: a heap of (deadline, seq, sa); an entry is live while _scheduled[sa] has its
+        # seq, so a changed deadline just pushes a new entry and the old one is skipped later
+        self._timers: list[tuple[float, int, IkeSa]] = []
+        self._scheduled: dict[IkeSa, tuple[float, int]] = {}
+        self._touched: dict[IkeSa, None] = {}  # deadline may have changed (ordered: determinism)
+        self._seq = 0
+        self._spi_waiters: dict[IkeSa, None] = {}
         self._next_id = 1
         self._spis: deque[int] = deque()
         self._spis_requested = False
@@ -67,8 +82,14 @@ class Engine:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        deadlines = [d for sa in self._by_id.values() if (d := sa.deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        self._reschedule()
+        timers = self._timers
+        while timers:
+            deadline, seq, sa = timers[0]
+            if self._live(seq, sa):
+                return deadline
+            heapq.heappop(timers)
+        return None
 
     def snapshot(self) -> list[IkeSaSnapshot]:
         return [IkeSaSnapshot.of(sa) for sa in self._by_id.values()]
@@ -88,17 +109,34 @@ class Engine:
             self.stats.dropped["internal_error"] += 1
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self._by_id.values()):
-            deadline = sa.deadline()
-            if deadline is not None and deadline <= now and sa.state != IkeState.DESTROYED:
+        """Visit the SAs whose deadline has come, each once, earliest first."""
+        self._reschedule()
+        timers, visited, again = self._timers, set(), []
+        while timers and timers[0][0] <= now:
+            _, seq, sa = heapq.heappop(timers)
+            if not self._live(seq, sa):
+                continue
+            del self._scheduled[sa]
+            if sa in visited:  # due again after its visit: left for the next call
+                again.append(sa)
+                continue
+            self._touched[sa] = None
+            deadline = sa.deadline()  # an early entry (the deadline moved later) only re-arms
+            if deadline is not None and deadline <= now:
+                visited.add(sa)
                 sa.on_timer(now)
+            self._reschedule()
+        self._touched.update(dict.fromkeys(again))
+        self._reschedule()
 
     def provide_spis(self, spis: Iterable[int], now: float) -> None:
-        """Inbound SPIs the kernel allocated (XFRM_MSG_ALLOCSPI); queued work resumes."""
+        """Inbound SPIs the kernel allocated (XFRM_MSG_ALLOCSPI); the tasks waiting resume."""
         self._spis.extend(spis)
         self._spis_requested = False
-        for sa in list(self._by_id.values()):
-            sa.mgr.resume(now)
+        waiters, self._spi_waiters = self._spi_waiters, {}
+        for sa in waiters:
+            if sa.state != IkeState.DESTROYED:
+                sa.mgr.resume(now)
 
     def initiate(self, peer: PeerConfig, now: float, replaces: int | None = None) -> int:
         """Start IKE_SA_INIT + IKE_AUTH (+ the Child SA) towards ``peer``; returns ``ike_sa``."""
@@ -177,6 +215,11 @@ class Engine:
             self.want_spis()
         return spi
 
+    def wait_for_spis(self, sa: IkeSa) -> None:
+        """A task of ``sa`` needs an inbound SPI: resumed by the next ``provide_spis``."""
+        self._spi_waiters[sa] = None
+        self.want_spis()
+
     def want_spis(self) -> None:
         if not self._spis_requested:
             self._spis_requested = True
@@ -197,10 +240,19 @@ class Engine:
     def retry_delay(self) -> float:
         return self.config.retry_delay * (1 + self.fraction())
 
+    def touch(self, sa: IkeSa) -> None:
+        """``sa``'s deadline may have changed: re-read it before the next timer question."""
+        self._touched[sa] = None
+
     def forget(self, sa: IkeSa) -> None:
         self._sas.pop(sa.local_spi, None)
         self._by_id.pop(sa.id, None)
         self._half_open.pop((sa.remote[0], sa.spi_i), None)
+        self._unindex(sa)
+        self._connecting.discard(sa)
+        self._scheduled.pop(sa, None)
+        self._touched.pop(sa, None)
+        self._spi_waiters.pop(sa, None)
 
     def spawn_rekeyed(self, old: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes,
                       selected: SelectedIke, seed: bytes, ni: bytes, nr: bytes,
@@ -221,9 +273,9 @@ class Engine:
         as for rekey collisions, the one whose lineage began with the lowest nonce is redundant
         and its initiator deletes it, so both ends keep the same one. A reauthentication and
         the SA it replaces are not duplicates."""
-        for other in list(self._by_id.values()):
+        for other in self._with_host(sa):
             if (other is sa or not other.announced or other.remote_id != sa.remote_id
-                    or other.remote[0] != sa.remote[0] or sa.replaces == other.id
+                    or sa.replaces == other.id
                     or other.replaces == sa.id
                     or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYING)):
                 continue
@@ -236,28 +288,27 @@ class Engine:
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """The peer says it lost all state: drop SAs with it that predate this one."""
-        for other in list(self._by_id.values()):
+        for other in self._with_host(sa):
             if (other is not sa and other.remote_id == sa.remote_id
-                    and other.remote[0] == sa.remote[0] and other.established_at is not None
+                    and other.established_at is not None
                     and other.established_at <= sa.created_at):
                 other.destroy(events.Reason.REPLACED, now)
 
     def owner_of(self, sa: IkeSa, child: Child) -> IkeSa | None:
-        for other in self._by_id.values():
-            if other.remote[0] == sa.remote[0] and other.children.get(child.spi_in) is child:
+        for other in self._with_host(sa):
+            if other.children.get(child.spi_in) is child:
                 return other
         return None
 
     def child_by_spi_out(self, sa: IkeSa, spi: int) -> tuple[IkeSa, Child] | None:
         """A Child SA with the peer, wherever an IKE rekey has moved it."""
-        for other in [sa, *self._by_id.values()]:
-            if other.remote[0] == sa.remote[0] and (child := other.child_by_spi_out(spi)):
+        for other in [sa, *self._with_host(sa)]:
+            if child := other.child_by_spi_out(spi):
                 return other, child
         return None
 
     def has_established_with(self, sa: IkeSa) -> bool:
-        return any(o is not sa and o.remote[0] == sa.remote[0] and o.established_at is not None
-                   for o in self._by_id.values())
+        return any(o is not sa and o.established_at is not None for o in self._with_host(sa))
 
     def renamed(self, old: IkeSa, new: IkeSa) -> None:
         """An IKE rekey replaced ``old``: a reauthentication under way retires ``new``."""
@@ -281,6 +332,56 @@ class Engine:
     def _register(self, sa: IkeSa) -> None:
         self._sas[sa.local_spi] = sa
         self._by_id[sa.id] = sa
+        self._by_host.setdefault(sa.remote[0], {})[sa] = None
+        self._touched[sa] = None
+
+    def _unindex(self, sa: IkeSa) -> None:
+        group = self._by_host.get(sa.remote[0])
+        if group is not None:
+            group.pop(sa, None)
+            if not group:
+                del self._by_host[sa.remote[0]]
+
+    def _with_host(self, sa: IkeSa) -> list[IkeSa]:
+        """The IKE SAs with ``sa``'s peer address (a copy: callers may destroy some)."""
+        return list(self._by_host.get(sa.remote[0], ()))
+
+    def _follow(self, sa: IkeSa, remote: Address) -> None:
+        """The peer's NAT mapping changed: the SA moves to it, and in the indexes too."""
+        host = sa.remote[0]
+        if remote[0] != host:
+            self._unindex(sa)
+            self._by_host.setdefault(remote[0], {})[sa] = None
+            if self._half_open.get((host, sa.spi_i)) is sa:
+                self._half_open[(remote[0], sa.spi_i)] = self._half_open.pop((host, sa.spi_i))
+        sa.remote = remote
+
+    def _live(self, seq: int, sa: IkeSa) -> bool:
+        entry = self._scheduled.get(sa)
+        return entry is not None and entry[1] == seq
+
+    def _reschedule(self) -> None:
+        """Re-read the deadlines of the SAs touched since the last call; O(touched log N)."""
+        while self._touched:
+            touched, self._touched = self._touched, {}
+            for sa in touched:
+                if sa.state == IkeState.DESTROYED:
+                    continue
+                if sa.state != IkeState.CONNECTING:
+                    self._connecting.discard(sa)
+                deadline = sa.deadline()
+                entry = self._scheduled.get(sa)
+                if entry is not None and entry[0] == deadline:
+                    continue
+                if deadline is None:
+                    self._scheduled.pop(sa, None)
+                    continue
+                self._seq += 1
+                self._scheduled[sa] = (deadline, self._seq)
+                heapq.heappush(self._timers, (deadline, self._seq, sa))
+        if len(self._timers) > 2 * len(self._scheduled) + 64:  # drop the skipped entries
+            self._timers[:] = [(d, seq, sa) for sa, (d, seq) in self._scheduled.items()]
+            heapq.heapify(self._timers)  # in place: handle_timer holds the list
 
     def _sa(self, ike_sa: int) -> IkeSa:
         sa = self._by_id.get(ike_sa)
@@ -320,8 +421,10 @@ class Engine:
                 raise MalformedMessage("unknown_spi")
             msg = message.decode(data, header, sa.cipher_in)
             if sa.nat:  # follow the peer's NAT mapping (§2.23)
-                sa.local, sa.remote = dst, src
+                sa.local = dst
+                self._follow(sa, src)
         sa.last_inbound = now
+        self._touched[sa] = None
         if msg.is_response:
             sa.mgr.on_response(msg, now)
         else:
@@ -351,10 +454,12 @@ class Engine:
                    src, now)
         self._register(sa)
         self._half_open[(src[0], header.spi_i)] = sa
+        self._connecting.add(sa)
         sa.mgr.on_request(msg, data, now)
 
     def _half_open_count(self) -> int:
-        return sum(1 for sa in self._half_open.values() if sa.state == IkeState.CONNECTING)
+        self._reschedule()  # drops the SAs that left CONNECTING from _connecting
+        return len(self._connecting)
 
     def _stateless_reply(self, header: message.Header, src: Address, dst: Address,
                          notify: NotifyType, data: bytes) -> None:

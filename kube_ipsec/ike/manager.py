@@ -38,6 +38,7 @@ class TaskManager:
 
     def queue(self, task: Task, not_before: float = 0.0) -> None:
         self.queued.append((not_before, task))
+        self.sa.engine.touch(self.sa)
 
     def idle(self) -> bool:
         return self.active is None and not self.queued and not self.waiting_spi
@@ -57,6 +58,7 @@ class TaskManager:
         pending = [(0.0, self.active)] if active and self.active is not None else []
         pending += self.queued + [(0.0, t) for t in self.waiting_spi]
         self.queued, self.waiting_spi = [], []
+        self.sa.engine.touch(self.sa)
         for not_before, task in pending:
             moved = task.migrate(successor)
             if moved is not None:
@@ -67,6 +69,7 @@ class TaskManager:
 
     def initiate(self, now: float) -> None:
         """Start the next queued task if nothing is in flight."""
+        self.sa.engine.touch(self.sa)
         while self.active is None and self.sa.state.value != "destroyed":
             ready = [(t.priority, i) for i, (nb, t) in enumerate(self.queued) if nb <= now]
             if not ready:
@@ -83,7 +86,7 @@ class TaskManager:
                 return
             except NeedSpi:
                 self.waiting_spi.append(task)
-                self.sa.engine.want_spis()
+                self.sa.engine.wait_for_spis(self.sa)
                 return
             self.active = task
             self._send_request(msg, now)
@@ -131,6 +134,7 @@ class TaskManager:
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
+        self.sa.engine.touch(self.sa)
         if self.active is not None:
             if self.retransmit_at is not None and now >= self.retransmit_at:
                 self._retransmit(now)
@@ -140,6 +144,7 @@ class TaskManager:
     # -- incoming ---------------------------------------------------------------------------
 
     def on_response(self, msg: message.Message, now: float) -> None:
+        self.sa.engine.touch(self.sa)
         task = self.active
         if task is None or msg.message_id != self.mid_out or msg.exchange != task.exchange:
             raise MalformedMessage("unexpected_response")
@@ -159,6 +164,7 @@ class TaskManager:
 
     def on_request(self, msg: message.Message, raw: bytes, now: float) -> None:
         sa = self.sa
+        sa.engine.touch(sa)
         if self.response is not None and msg.message_id == self.response[0]:
             sa.engine.stats.retransmitted_responses += 1
             sa.engine.send(self.response[1], sa.local, sa.remote)

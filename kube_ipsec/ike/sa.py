@@ -176,6 +176,7 @@ class IkeSa:
         self.state = IkeState.ESTABLISHED
         self.established_at = now
         self.announced = True
+        self.engine.touch(self)
         self.schedule_rekey(now)
         if self.nat:
             self.engine.emit(events.NatDetected(self.id, self.local_nat, self.remote_nat,
@@ -189,11 +190,14 @@ class IkeSa:
         self.engine.deduplicate(self, now)
 
     def schedule_rekey(self, now: float) -> None:
+        self.engine.touch(self)
         if self.peer.ike_rekey_time > 0:
             self.rekey_at = now + self.peer.ike_rekey_time - self.engine.jitter(
                 self.peer.ike_rand_time)
 
     def deadline(self) -> float | None:
+        """When ``on_timer`` has work. The engine re-reads it only for SAs an input touched
+        (``engine.touch``): whatever changes a term below must touch this SA."""
         times = [t for t in (self.mgr.deadline(), self.rekey_at) if t is not None]
         times += [c.rekey_at for c in self.children.values() if c.rekey_at is not None]
         if self.state == IkeState.CONNECTING and not self.initiator:
@@ -223,6 +227,7 @@ class IkeSa:
     def on_timer(self, now: float) -> None:
         from kube_ipsec.ike.tasks import child_rekey, dpd, ike_rekey
 
+        self.engine.touch(self)
         if self.state == IkeState.CONNECTING and not self.initiator and (
                 now >= self.created_at + self.engine.config.half_open_timeout):
             self.engine.stats.failures["half_open_timeout"] += 1
@@ -281,6 +286,7 @@ class IkeSa:
         return self.engine.owner_of(self, child) or self
 
     def remove_child(self, child: Child, reason: events.Reason) -> None:
+        self.engine.touch(self)
         if self.children.pop(child.spi_in, None) is not None and child.announced:
             self.engine.emit(events.ChildSaDeleted(self.id, child.params, reason))
 
@@ -316,6 +322,7 @@ class IkeSa:
 
     def add_child(self, child: Child) -> None:
         self.children[child.spi_in] = child
+        self.engine.touch(self)
         self.engine.stats.established["child"] += 1
 
 

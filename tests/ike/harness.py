@@ -68,6 +68,12 @@ def make_node(name: str, host: str, peer_host: str, peer_name: str, *, spi_base:
     return node
 
 
+def check_timer(engine: ike.Engine) -> None:
+    """The engine's deadline heap agrees with asking every IKE SA (what it saves us)."""
+    deadlines = [d for sa in engine._by_id.values() if (d := sa.deadline()) is not None]
+    assert engine.get_timer() == (min(deadlines) if deadlines else None)
+
+
 class Pair:
     """``a`` initiates towards ``b`` unless told otherwise. ``nat`` puts ``a`` behind a NAT."""
 
@@ -121,6 +127,7 @@ class Pair:
         for _ in range(rounds):
             for node in self.nodes():
                 self._events(node)
+                check_timer(node.engine)
             batch = []
             for node in self.nodes():
                 for data, src, dst in node.engine.datagrams_to_send():
