@@ -48,7 +48,7 @@ NAMESPACE_ENV = "KUBE_IPSEC_NAMESPACE"
 DEFAULT_NAMESPACE = "kube-ipsec"
 
 
-class Condition(str, enum.Enum):
+class Condition(enum.StrEnum):
     """Condition types on ``IPsecTunnel.status.conditions``."""
 
     READY = "Ready"
@@ -68,17 +68,17 @@ class SpecError(ValueError):
         self.problems = problems
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     TRANSPORT = "transport"
     TUNNEL = "tunnel"
 
 
-class Protocol(str, enum.Enum):
+class Protocol(enum.StrEnum):
     ESP = "esp"
     AH = "ah"
 
 
-class Enforcement(str, enum.Enum):
+class Enforcement(enum.StrEnum):
     REQUIRE = "require"
     ALLOW_PLAINTEXT = "allow-plaintext"
 
