@@ -1,7 +1,8 @@
 """An in-memory ``Kernel`` (charon's ``mock_ipsec``) for agent tests on hosts without ESP.
 
 It keeps the kernel rules callers depend on, with the same exceptions as the real one:
-ALLOCSPI creates a larval SA with the next free SPI (sequential, so tests can predict them);
+ALLOCSPI creates a larval SA with the next free SPI (sequential, so tests can predict them),
+and a failed one leaves an SPI-0 larval SA behind, as the kernel does;
 NEWSA refuses an existing (dst, SPI, proto, mark), larval ones included; UPDSA completes a
 larval SA or, on a valid one, changes only lifetimes/encap; NEWPOLICY refuses a duplicate
 selector/dir/mark while UPDPOLICY upserts. Every call is appended to ``ops`` so tests can
@@ -23,6 +24,7 @@ from kube_ipsec.xfrm.model import (
     Address,
     Event,
     Expire,
+    Lifetime,
     Mark,
     Mode,
     Policy,
@@ -30,8 +32,10 @@ from kube_ipsec.xfrm.model import (
     Proto,
     SaCounters,
     SaId,
+    Selector,
 )
 
+ACQ_EXPIRES = 30  # net.core.xfrm_acq_expires default, seconds
 ALGORITHMS = frozenset({
     'rfc4106(gcm(aes))',
     'rfc7539esp(chacha20,poly1305)',
@@ -90,8 +94,15 @@ class FakeKernel:
         spi = max(spi_min, self._last_spi + 1)
         while self._key(SaId(dst, spi, proto, mark)) in self.sas and spi <= spi_max:
             spi += 1
-        larval = SA(src, dst, spi, reqid, proto, mode, replay_window=0, mark=mark)
+        # as the kernel's: /32 selector, gone after xfrm_acq_expires unless completed by UPDSA
+        larval = SA(src, dst, spi, reqid, proto, mode, replay_window=0, mark=mark,
+                    lifetime=Lifetime(hard_seconds=ACQ_EXPIRES),
+                    selector=Selector.hosts(src, dst), counters=SaCounters())
         if spi > spi_max:
+            # the kernel has already created the larval state when the SPI search fails;
+            # it stays with SPI 0 (unreachable by DELSA) until it expires
+            unnumbered = dataclasses.replace(larval, spi=0)
+            self.sas[self._key(unnumbered)] = unnumbered
             raise self._fail(errno.ENOENT, c.XFRM_MSG_ALLOCSPI, larval)
         self._last_spi = spi
         self.sas[self._key(larval)] = larval
@@ -123,7 +134,7 @@ class FakeKernel:
         self.ops.append(('update_sa', sa))
 
     async def delete_sa(self, sa: SA | SaId) -> None:
-        if self.sas.pop(self._key(sa), None) is None:
+        if sa_id(sa).spi == 0 or self.sas.pop(self._key(sa), None) is None:
             raise self._fail(errno.ESRCH, c.XFRM_MSG_DELSA, sa_id(sa))
         self.ops.append(('delete_sa', sa_id(sa)))
 

@@ -89,11 +89,16 @@ async def reconcile(
 
 
 async def flush_owned(kernel: Kernel) -> tuple[int, int]:
-    """Delete every owned policy, then every owned SA (larval ones too); never FLUSHSA."""
+    """Delete every owned policy, then every owned SA (larval ones too); never FLUSHSA.
+
+    Larval SAs without an SPI (made by an ACQUIRE, or by an ALLOCSPI that found no free SPI)
+    cannot be addressed by DELSA, which looks SAs up by SPI; the kernel drops them after
+    ``xfrm_acq_expires`` (30 s), so they are left to that and not counted.
+    """
     policies = [p for p in await kernel.dump_policies() if owned_policy(p)]
     for p in policies:
         await _ignore_missing(kernel.delete_policy(p))
-    sas = [s for s in await kernel.dump_sas() if owned_sa(s)]
+    sas = [s for s in await kernel.dump_sas() if owned_sa(s) and s.spi]
     for s in sas:
         await _ignore_missing(kernel.delete_sa(s))
     return len(policies), len(sas)
