@@ -57,7 +57,8 @@ def main() -> int:
     try:
         for name in names:
             lab.start_agent(name)
-        say("agents starting, one per node namespace (logs: .lab/agent-*.log); Python imports "
+        say(f"agents starting, one per node namespace (logs: {cfg.workdir}/agent-*.log); "
+            "Python imports "
             "take a while under TCG")
         for name in names:
             lab.wait_ready(name)

@@ -6,15 +6,18 @@ command — usually ``hack/vm/vmrun --net ...``, whose guest runs the agents.
 Why on the host: Python under TCG is 10-15x slower, so everything that need not touch the
 VM's kernel (etcd, kube-apiserver, the kopf operator) runs here at full speed. The guest
 reaches the host's loopback at 10.0.2.2 (qemu user networking; the serving certificate names
-that address). CMD gets ``KUBE_IPSEC_LAB`` = the path of ``lab.json`` (mode 600, in WORKDIR,
-which must be a vmrun ``--rwdir``): API URL as the guest sees it, token, CA, kubeconfig, node
-names and addresses, and a small control endpoint through which a guest test stops and
-restarts kube-apiserver (the "API server down" case). Exit status: CMD's.
+that address). Each run gets a fresh directory under WORKDIR (``WORKDIR/last`` points at it),
+so labs started side by side in one checkout never share files; WORKDIR must be a vmrun
+``--rwdir``. CMD gets ``KUBE_IPSEC_LAB`` = the path of the run's ``lab.json`` (mode 600): API
+URL as the guest sees it, token, CA, kubeconfig, node names and addresses, and a small control
+endpoint through which a guest test stops and restarts kube-apiserver (the "API server down"
+case). Exit status: CMD's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
@@ -23,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -134,9 +138,17 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("command", nargs="+")
     args = p.parse_args()
-    workdir = args.workdir.resolve()
-    shutil.rmtree(workdir / "apiserver", ignore_errors=True)
-    (workdir / "apiserver").mkdir(parents=True)
+    # one directory per run: engineers sharing a checkout may run labs side by side
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"),
+                                    dir=args.workdir.resolve()))
+    workdir.chmod(0o755)
+    (workdir / "apiserver").mkdir()
+    last = args.workdir / "last"
+    last.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        last.symlink_to(workdir.name)
+    log(f"lab directory {workdir} (also {last})")
     nodes = node_addresses(args.nodes)
     log("starting etcd + kube-apiserver")
     server = start_apiserver(workdir / "apiserver")
@@ -171,6 +183,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 operator.kill()
         server.close()
+        shutil.rmtree(workdir / "apiserver" / "etcd-data", ignore_errors=True)
 
 
 if __name__ == "__main__":
