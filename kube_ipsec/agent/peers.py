@@ -466,7 +466,7 @@ class PeerManager:
         if spi_in in peer.pending:
             peer.pending.remove(spi_in)
         if peer.orphan is not None:
-            await peerstate.quietly(self.kernel.delete_sa(peer.orphan.outbound))
+            self._later(self._delete_after(peer.orphan.outbound, switch.DEFAULT_GRACE))
             peer.orphan = None
         peer.state.child_state = contract.CHILD_INSTALLED
         if peer.adopted:  # a restart's leftovers: replaced now
@@ -507,7 +507,9 @@ class PeerManager:
         if successor is not None and (successor.we_initiated
                                       or loop.time() - successor.installed_at >= settle):
             await self._switch(peer, peer.pending[-1])
-            await peerstate.quietly(self.kernel.delete_sa(inst.outbound))
+            # packets routed just before the re-pin still point at the old SA (measured: a
+            # few EINVAL sends, XfrmOutStateInvalid), so it goes after a short grace
+            self._later(self._delete_after(inst.outbound, switch.DEFAULT_GRACE))
         else:
             # Gone (a restarted peer's INITIAL_CONTACT, a dead peer) with no successor the peer
             # can decrypt yet: keep sending under it a moment. A restarted peer still holds
