@@ -15,6 +15,9 @@ transport mode, AES-GCM-256, x25519, PSK, one charon for the whole module:
 * the node agent's own peer workers (kube_ipsec.agent.peers, charon as an external peer with
   FQDN identities and the tunnel spec's defaults, PFS on rekey) come up whoever initiates,
   carry ping as ESP with the SPIs their status reports, and lose no ping over charon's rekey.
+
+Run: ``make test-vm PYTEST_ARGS='-k interop'`` (about 4-5 minutes under TCG). Needs charon's
+openssl and gcm plugins (Debian libstrongswan-standard-plugins) for x25519 and AES-GCM.
 """
 
 from __future__ import annotations
