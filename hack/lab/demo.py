@@ -10,6 +10,7 @@ check held.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -95,16 +96,12 @@ def main() -> int:
 
 
 def show_wire(lab: lc.Lab, names: list[str], addresses: set[str]) -> None:
-    captures = [lc.Capture(n, Path(lab.workdir) / f"wire-{n}.pcap") for n in names]
-    for c in captures:
-        c.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        captures = [stack.enter_context(lc.capture(n, Path(lab.workdir) / f"wire-{n}.pcap"))
+                    for n in names]
         pings = {(a, b): lab.ping(a, lab.nodes[b]) for a, b in itertools.permutations(names, 2)}
         tcp = lab.tcp_transfer(names[0], names[1], megabytes=2)
-    finally:
-        for c in captures:
-            c.__exit__()
-    counts = lc.classify([p for c in captures for p in c.packets()], addresses)
+    counts = lc.classify([p for c in captures for p in lc.wire_packets(c)], addresses)
     check("ping between every pair", all(pings.values()),
           ", ".join(f"{a}->{b} {'ok' if ok else 'lost'}" for (a, b), ok in pings.items()))
     check(f"TCP transfer {names[0]}->{names[1]} (2 MiB, socat)", tcp)

@@ -15,6 +15,7 @@ takes many seconds to import under TCG.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -25,7 +26,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kube_ipsec import contract
+from tests import netns
 from tests.netns import run
 
 BRIDGE = "labbr"
@@ -422,39 +423,13 @@ def classify(packets: list[Packet], addresses: set[str]) -> dict[str, int]:
     return out
 
 
-class Capture:
-    """tcpdump in a node namespace (outbound on its eth0: what it put on the wire)."""
+def capture(ns: str, path: Path | None = None) -> contextlib.AbstractContextManager[Any]:
+    """tcpdump of IPv4 sent by node ``ns`` on its eth0 (outbound: what it put on the wire)."""
+    return netns.capture(ns, "eth0", path, bpf="ip", direction="out")
 
-    def __init__(self, ns: str, path: Path | None = None) -> None:
-        if path is None:
-            fd, name = tempfile.mkstemp(prefix=f"lab-{ns}-", suffix=".pcap")
-            os.close(fd)
-            path = Path(name)
-        self.ns, self.path = ns, path
-        self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> Capture:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "tcpdump", "-i", "eth0", "-n", "-U",
-             "--immediate-mode", "-s", "96", "-Q", "out", "-Z", "root", "-w", str(self.path),
-             "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        first = self.proc.stderr.readline()
-        if "listening on" not in first:
-            raise RuntimeError(f"tcpdump did not start: {first}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def packets(self) -> list[Packet]:
-        return list(ip_packets(self.path.read_bytes()))
+def wire_packets(cap: netns.Capture) -> list[Packet]:
+    return list(ip_packets(cap.path.read_bytes()))
 
 
 # --- a paced, sequence-numbered UDP stream (tests/xfrm/udp_stream.py) -----------------------

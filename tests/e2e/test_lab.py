@@ -15,6 +15,7 @@ We test these behaviours, in this order, on one lab (one VM boot, one set of age
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import tempfile
@@ -99,17 +100,13 @@ def test_applied_tunnel_encrypts_every_pair(lab: Lab) -> None:
     lc.eventually(lambda: lc.tunnel_condition(lab.kube.tunnel(lab.tunnel), "Ready") == "True",
                   120, "tunnel Ready", 2)
     assert lab.kube.tunnel(lab.tunnel)["status"]["nodes"]["ready"] == len(lab.names)
-    captures = [lc.Capture(n) for n in lab.names]
-    for c in captures:
-        c.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        captures = [stack.enter_context(lc.capture(n)) for n in lab.names]
         pings = {(a, b): lab.net.ping(a, lab.cfg.nodes[b])
                  for a, b in itertools.permutations(lab.names, 2)}
         tcp = lab.net.tcp_transfer(lab.names[0], lab.names[2], megabytes=1)
-    finally:
-        for c in captures:
-            c.__exit__()
-    counts = lc.classify([p for c in captures for p in c.packets()], set(lab.cfg.nodes.values()))
+    counts = lc.classify([p for c in captures for p in lc.wire_packets(c)],
+                         set(lab.cfg.nodes.values()))
     print(f"wire: {counts}; pings {pings}; 1 MiB TCP {'ok' if tcp else 'failed'}")
     assert all(pings.values()) and tcp
     assert counts["esp"] > 0 and counts["plaintext"] == 0
@@ -212,9 +209,9 @@ def test_strongswan_gateway_gets_an_encrypted_tunnel(lab: Lab) -> None:
         t0 = time.monotonic()
         lc.eventually(charon.children, 300, "a Child SA installed in charon", 2)
         up = time.monotonic() - t0
-        with lc.Capture(node) as cap:
+        with lc.capture(node) as cap:
             ok = lab.net.ping(node, GATEWAY_ADDRESS)
-        counts = lc.classify(cap.packets(), {lab.cfg.nodes[node], GATEWAY_ADDRESS})
+        counts = lc.classify(lc.wire_packets(cap), {lab.cfg.nodes[node], GATEWAY_ADDRESS})
         child = charon.children()[0]
         print(f"\nstrongSwan gateway: Child SA {child.get('encr-alg')}-{child.get('encr-keysize')} "
               f"{child.get('mode')} up {up:.1f} s after the tunnel; ping {ok}; wire {counts}")
