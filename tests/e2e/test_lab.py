@@ -87,9 +87,7 @@ def lab() -> Iterator[Lab]:
         lab.converged_after = time.monotonic() - t0
         yield lab
     finally:
-        for name in lab.names:
-            if name in lab.net.agents:
-                print(f"--- agent {name}, last lines ---\n{lab.net.agent_log_tail(name, 15)}")
+        print(f"\nlab logs: {lab.cfg.workdir}/agent-node-N.log (operator.log on the host)")
         lab.net.stop_all()
         lab.net.teardown_network()
 
