@@ -491,3 +491,23 @@ def kernel_drops(ns: str) -> dict[str, int]:
         found.update({f"Udp{k}": int(v) for k, v in zip(udp[0], udp[1], strict=True)
                       if k.endswith("Errors") and int(v)})
     return found
+
+
+class Duplex:
+    """Streams both ways between ``a`` and ``b``: the initiator's and the responder's switch."""
+
+    def __init__(self, lab: Lab, a: str, b: str, rate: int = 1000) -> None:
+        self.streams = [Stream(lab, a, b, rate, 7000), Stream(lab, b, a, rate, 7001)]
+
+    def stop(self) -> list[tuple[Stream, dict[str, Any], dict[str, Any]]]:
+        return [(s, *s.stop()) for s in self.streams]
+
+    @staticmethod
+    def lost(results: list[tuple[Stream, dict[str, Any], dict[str, Any]]]) -> int:
+        return sum(sent["sent"] - got["unique"] + len(sent["send_errors"])
+                   for _, sent, got in results)
+
+    @staticmethod
+    def describe(results: list[tuple[Stream, dict[str, Any], dict[str, Any]]]) -> str:
+        return "; ".join(f"{s.src}->{s.dst}: {s.describe(sent, got)}, "
+                         f"send errors {len(sent['send_errors'])}" for s, sent, got in results)
