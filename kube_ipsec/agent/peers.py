@@ -359,7 +359,10 @@ class PeerManager:
         if isinstance(event, ike.IkeSaEstablished):
             self._ike_up(event)
             return
-        peer = self.owner.get(getattr(event, "ike_sa", -1))
+        # IkeSaRekeyed names its SA old_ike_sa (it has no ike_sa or remote_addr)
+        ike_sa = event.old_ike_sa if isinstance(event, ike.IkeSaRekeyed) else getattr(
+            event, "ike_sa", -1)
+        peer = self.owner.get(ike_sa)
         if peer is None:
             remote = getattr(event, "remote_addr", None)
             peer = self._by_remote(remote[0]) if remote else None
@@ -377,6 +380,9 @@ class PeerManager:
         elif isinstance(event, ike.IkeSaRekeyed):
             self.owner[event.new_ike_sa] = self.owner.pop(event.old_ike_sa, peer)
             peer.ike_sas[event.new_ike_sa] = peer.ike_sas.pop(event.old_ike_sa, (0, True))
+            for inst in peer.children.values():  # the core moved them to the new IKE SA
+                if inst.ike_sa == event.old_ike_sa:
+                    inst.ike_sa = event.new_ike_sa
             peer.state.last_rekey = contract.utcnow_rfc3339()
         elif isinstance(event, ike.IkeSaDeleted):
             self._ike_down(peer, event)

@@ -318,8 +318,11 @@ async def test_child_and_ike_rekeys_switch_without_a_gap(side):
     rekeyer.manager.engine.rekey_ike(max(peer.ike_sas), loop.time())
     rekeyer.manager.queue.put_nowait(("timer",))
     await eventually(lambda: set(peer.ike_sas).isdisjoint(ike_before) and len(peer.ike_sas) == 1)
-    # the other side settles when the old IKE SA's DELETE reaches it, a moment later
+    # the other side settles when the old IKE SA's DELETE reaches it, a moment later; an IKE
+    # rekey keeps the Child SA (no re-authentication, no second pair of SAs)
     await eventually(lambda: up(a, "node-b") and up(b, "node-a"))
+    assert len(peer.children) == 1 and len(valid_sas(a)) == 2 and len(valid_sas(b)) == 2
+    assert all(inst.ike_sa in peer.ike_sas for inst in peer.children.values())
     assert peer.state.last_rekey is not None
     assert pins_precede_peer_inbound(shared, ADDRESSES) == []
     for sender, receiver in ((a, b), (b, a)):
