@@ -158,8 +158,8 @@ def capture(ns: str, ifname: str, path: Path | None = None, bpf: str = "",
             proc.stderr.close()
 
 
-def esp_in_pcap(pcap: bytes) -> Iterator[EspPacket]:
-    """Parse a classic Ethernet pcap (tcpdump -w) for ESP over IPv4/IPv6, raw or in UDP 4500."""
+def pcap_frames(pcap: bytes) -> Iterator[bytes]:
+    """The Ethernet frames (at least a header long) of a classic pcap file (tcpdump -w)."""
     if len(pcap) < 24:
         return
     endian = "<" if pcap[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
@@ -168,8 +168,13 @@ def esp_in_pcap(pcap: bytes) -> Iterator[EspPacket]:
         caplen = struct.unpack_from(endian + "I", pcap, off + 8)[0]
         frame = pcap[off + 16:off + 16 + caplen]
         off += 16 + caplen
-        if len(frame) < 14:
-            continue
+        if len(frame) >= 14:
+            yield frame
+
+
+def esp_in_pcap(pcap: bytes) -> Iterator[EspPacket]:
+    """Parse a classic Ethernet pcap (tcpdump -w) for ESP over IPv4/IPv6, raw or in UDP 4500."""
+    for frame in pcap_frames(pcap):
         ethertype, ip = struct.unpack_from("!H", frame, 12)[0], frame[14:]
         if ethertype == 0x0800 and len(ip) >= 20:
             proto, l4 = ip[9], ip[(ip[0] & 0x0F) * 4:]

@@ -58,3 +58,18 @@ def test_finds_raw_and_udp_encapsulated_esp_but_not_ike_or_plain_traffic():
 def test_empty_capture_has_no_esp():
     assert list(esp_in_pcap(pcap())) == []
     assert list(esp_in_pcap(b"")) == []
+
+
+def test_lab_classifies_node_to_node_packets_from_the_same_frames():
+    from tests.e2e import lab_cluster
+
+    nodes = {"192.0.2.1", "192.0.2.2"}
+    packets = list(lab_cluster.ip_packets(pcap(
+        ipv4(50, esp(0xD0000001, 1)),
+        ipv4(17, udp(b"ike", 500, 500)),
+        ipv4(1, b"\x08\x00ping"),
+        ipv4(1, b"\x08\x00ping", src="198.51.100.1"),  # not between nodes
+        ipv6(50, esp(0xD0000002, 1)),  # IPv6: not an IPv4 packet
+    )))
+    assert len(packets) == 4
+    assert lab_cluster.classify(packets, nodes) == {"esp": 1, "ike": 1, "plaintext": 1}

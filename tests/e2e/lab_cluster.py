@@ -386,14 +386,7 @@ class Packet:
 
 def ip_packets(pcap: bytes) -> Iterator[Packet]:
     """Every IPv4 packet of an Ethernet pcap (tcpdump -w), with ports for TCP/UDP."""
-    if len(pcap) < 24:
-        return
-    endian = "<" if pcap[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    off = 24
-    while off + 16 <= len(pcap):
-        caplen = struct.unpack_from(endian + "I", pcap, off + 8)[0]
-        frame = pcap[off + 16:off + 16 + caplen]
-        off += 16 + caplen
+    for frame in netns.pcap_frames(pcap):
         if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != 0x0800:
             continue
         ip = frame[14:]
