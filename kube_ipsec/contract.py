@@ -41,7 +41,6 @@ LABEL_COMPONENT = f"{GROUP}/component"
 COMPONENT_KEYS = "keys"
 ANNOTATION_ROTATE_NOW = f"{GROUP}/rotate-now"
 FINALIZER = f"{GROUP}/cleanup"
-EVENT_SOURCE = "kube-ipsec-operator"
 
 # The namespace holding key Secrets (the operator's own); both components read it from here.
 NAMESPACE_ENV = "KUBE_IPSEC_NAMESPACE"
