@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,8 +58,22 @@ def installed(apiserver: APIServer, name: str, *set_values: str) -> Iterator[Rel
         run([*helm, "uninstall", name, "-n", namespace])
         with apiserver.api_client() as client:
             if not had_peering_crd:
-                with contextlib.suppress(kubernetes.client.ApiException):
-                    kubernetes.client.ApiextensionsV1Api(
-                        client
-                    ).delete_custom_resource_definition(PEERING_CRD)
+                _delete_crd(kubernetes.client.ApiextensionsV1Api(client), PEERING_CRD)
             kubernetes.client.CoreV1Api(client).delete_namespace(namespace)
+
+
+def _delete_crd(ext: kubernetes.client.ApiextensionsV1Api, name: str) -> None:
+    """Delete a CRD and wait until it is gone: the next install re-creating it while it still
+    terminates never sees it Established (helm then fails with 'not ready', seen under load)."""
+    with contextlib.suppress(kubernetes.client.ApiException):
+        ext.delete_custom_resource_definition(name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ext.read_custom_resource_definition(name)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(0.2)
+    raise AssertionError(f"CRD {name} still present 60 s after its deletion")
